@@ -170,7 +170,9 @@ impl Container {
         backing_offset: u64,
     ) -> Result<()> {
         self.require_iommu()?;
-        self.inner.dma.map(iova, size, perm, backing, backing_offset)
+        self.inner
+            .dma
+            .map(iova, size, perm, backing, backing_offset)
     }
 
     /// `VFIO_IOMMU_UNMAP_DMA`: returns the bytes unmapped.

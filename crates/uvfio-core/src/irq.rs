@@ -182,9 +182,8 @@ impl IrqLines {
         }
         let end = req.start.checked_add(req.count).ok_or(Errno::INVAL)?;
         // count 0 + NONE + TRIGGER disables the index.
-        let disable = req.count == 0
-            && matches!(req.data, IrqData::None)
-            && req.action == IrqAction::Trigger;
+        let disable =
+            req.count == 0 && matches!(req.data, IrqData::None) && req.action == IrqAction::Trigger;
         if disable {
             if req.start != 0 {
                 return Err(Errno::INVAL);
@@ -273,10 +272,7 @@ impl IrqLines {
         let mut g = self.lock();
         let state = g.get_mut(index as usize).ok_or(Errno::INVAL)?;
         let flags = state.config.info.flags;
-        let v = state
-            .vectors
-            .get_mut(vector as usize)
-            .ok_or(Errno::INVAL)?;
+        let v = state.vectors.get_mut(vector as usize).ok_or(Errno::INVAL)?;
         fire(v, flags)
     }
 

@@ -94,4 +94,6 @@ pub use region::{
     RegionCap, RegionFlags, RegionInfo, RegionMmap, SparseArea, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
     VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_CAP_TYPE,
 };
-pub use registry::{DeviceSummary, Listener, Registry, RegistryConfig, RegistryEvent, MAX_NAME_LEN};
+pub use registry::{
+    DeviceSummary, Listener, Registry, RegistryConfig, RegistryEvent, MAX_NAME_LEN,
+};

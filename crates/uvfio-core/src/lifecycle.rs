@@ -135,17 +135,16 @@ pub struct UnregisteredDevice<D> {
     driver: D,
 }
 
-impl<D: std::fmt::Debug> std::fmt::Debug for UnregisteredDevice<D> {
+impl<D> std::fmt::Debug for UnregisteredDevice<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UnregisteredDevice")
             .field("name", &self.name)
-            .field("driver", &self.driver)
-            .finish()
+            .field("group", &self.membership.group)
+            .finish_non_exhaustive()
     }
 }
 
 /// Register failed: the errno and the device, handed back to the driver.
-#[derive(Debug)]
 pub struct RegisterError<D> {
     /// EEXIST for a duplicate name; EINVAL for a bad layout.
     pub errno: Errno,
@@ -159,10 +158,25 @@ impl<D> std::fmt::Display for RegisterError<D> {
     }
 }
 
-impl<D: std::fmt::Debug> std::error::Error for RegisterError<D> {}
+impl<D> std::fmt::Debug for RegisterError<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterError")
+            .field("errno", &self.errno)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl<D> std::error::Error for RegisterError<D> {}
 
 impl<D: DeviceOps> UnregisteredDevice<D> {
-    pub(crate) fn new(registry: Registry, id: u64, name: String, group: GroupId, driver: D) -> Self {
+    pub(crate) fn new(
+        registry: Registry,
+        id: u64,
+        name: String,
+        group: GroupId,
+        driver: D,
+    ) -> Self {
         UnregisteredDevice {
             membership: Membership {
                 registry,
@@ -210,7 +224,12 @@ impl<D: DeviceOps> UnregisteredDevice<D> {
         let info = self.driver.info();
         let layout = match read_layout(&self.driver, info) {
             Ok(l) => l,
-            Err(errno) => return Err(RegisterError { errno, device: self }),
+            Err(errno) => {
+                return Err(RegisterError {
+                    errno,
+                    device: self,
+                })
+            }
         };
         let UnregisteredDevice {
             mut membership,
@@ -441,8 +460,11 @@ impl<D: DeviceOps> Unregistering<D> {
                 .last_request
                 .is_none_or(|t| now.duration_since(t) >= interval);
             if due && st.open_count > 0 {
-                let hooks: Vec<RequestHook> =
-                    st.users.iter().filter_map(|u| u.on_request.clone()).collect();
+                let hooks: Vec<RequestHook> = st
+                    .users
+                    .iter()
+                    .filter_map(|u| u.on_request.clone())
+                    .collect();
                 drop(st);
                 let n = self.requests;
                 if n == 0 {

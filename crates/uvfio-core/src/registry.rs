@@ -209,7 +209,13 @@ impl Registry {
             .or_default()
             .members
             .insert(id, false);
-        Ok(UnregisteredDevice::new(self.clone(), id, name.to_owned(), group, driver))
+        Ok(UnregisteredDevice::new(
+            self.clone(),
+            id,
+            name.to_owned(),
+            group,
+            driver,
+        ))
     }
 
     /// The registered devices, sorted by name.

@@ -29,7 +29,8 @@ impl DirtyBitmap {
             return;
         }
         let first = offset >> self.pgshift;
-        let last = (offset.saturating_add(len - 1) >> self.pgshift).min(self.pages.saturating_sub(1));
+        let last =
+            (offset.saturating_add(len - 1) >> self.pgshift).min(self.pages.saturating_sub(1));
         for page in first..=last {
             if let Some(w) = self.words.get((page / 64) as usize) {
                 w.fetch_or(1 << (page % 64), Ordering::Relaxed);

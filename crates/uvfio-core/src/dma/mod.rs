@@ -223,20 +223,22 @@ impl DmaSpace {
     }
 
     fn read(&self, iova: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_table().access(iova, buf.len(), DmaPerm::READ, |m, off, range| {
-            m.backing.read(off, &mut buf[range])
-        })
+        self.read_table()
+            .access(iova, buf.len(), DmaPerm::READ, |m, off, range| {
+                m.backing.read(off, &mut buf[range])
+            })
     }
 
     fn write(&self, iova: u64, data: &[u8]) -> Result<()> {
-        self.read_table().access(iova, data.len(), DmaPerm::WRITE, |m, off, range| {
-            let n = (range.end - range.start) as u64;
-            m.backing.write(off, &data[range])?;
-            if let Some(d) = &m.dirty {
-                d.mark(off - m.backing_offset, n);
-            }
-            Ok(())
-        })
+        self.read_table()
+            .access(iova, data.len(), DmaPerm::WRITE, |m, off, range| {
+                let n = (range.end - range.start) as u64;
+                m.backing.write(off, &data[range])?;
+                if let Some(d) = &m.dirty {
+                    d.mark(off - m.backing_offset, n);
+                }
+                Ok(())
+            })
     }
 
     /// Starts dirty-page logging at `pgsize` (a power of two ≥ the IOMMU's

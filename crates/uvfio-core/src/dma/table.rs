@@ -62,7 +62,7 @@ impl DmaTable {
 
     fn check_range(&self, iova: u64, size: u64) -> Result<u64> {
         let page = self.config.min_page();
-        if size == 0 || iova % page != 0 || size % page != 0 {
+        if size == 0 || !iova.is_multiple_of(page) || !size.is_multiple_of(page) {
             return Err(Errno::INVAL);
         }
         iova.checked_add(size - 1).ok_or(Errno::INVAL)
@@ -147,7 +147,10 @@ impl DmaTable {
     }
 
     pub(super) fn unmap_all(&mut self) -> u64 {
-        let bytes = self.maps.values().fold(0u64, |a, m| a.saturating_add(m.size));
+        let bytes = self
+            .maps
+            .values()
+            .fold(0u64, |a, m| a.saturating_add(m.size));
         self.maps.clear();
         bytes
     }
@@ -169,8 +172,29 @@ impl DmaTable {
 
     /// Walks `len` bytes from `iova` across adjacent mappings, calling `f`
     /// with each mapping, the backing offset, and the slice of the caller's
-    /// buffer it covers.
+    /// buffer it covers. The whole range is checked (coverage and rights)
+    /// before `f` runs at all, so a failed access has no partial effect.
     pub(super) fn access(
+        &self,
+        iova: u64,
+        len: usize,
+        need: DmaPerm,
+        mut f: impl FnMut(&DmaMapping, u64, Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let first = self.find(iova).ok_or(Errno::FAULT)?;
+        // The common case: one mapping holds it all.
+        let fits = (len as u64 - 1) <= first.last() - iova;
+        if fits && first.perm.contains(need) {
+            return f(first, first.backing_offset + (iova - first.iova), 0..len);
+        }
+        self.walk(iova, len, need, |_, _, _| Ok(()))?;
+        self.walk(iova, len, need, &mut f)
+    }
+
+    fn walk(
         &self,
         iova: u64,
         len: usize,
@@ -228,7 +252,7 @@ impl DmaTable {
         if self.dirty_pgsize != Some(pgsize) {
             return Err(Errno::INVAL);
         }
-        if size == 0 || iova % pgsize != 0 || size % pgsize != 0 {
+        if size == 0 || !iova.is_multiple_of(pgsize) || !size.is_multiple_of(pgsize) {
             return Err(Errno::INVAL);
         }
         let last = iova.checked_add(size - 1).ok_or(Errno::INVAL)?;
