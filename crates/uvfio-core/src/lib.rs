@@ -72,6 +72,7 @@ mod errno;
 mod group;
 pub mod irq;
 mod lifecycle;
+pub mod migration;
 pub mod mmap;
 mod ops;
 mod region;
@@ -88,6 +89,7 @@ pub use lifecycle::{
     CancelToken, DeviceHandle, OpenOptions, RegisterError, RegisteredDevice, RequestHook,
     UnregisterOptions, UnregisteredDevice, Unregistering,
 };
+pub use migration::{MigFlags, MigState, MigrationOps};
 pub use mmap::{MmapRegion, Protection, SharedMemory};
 pub use ops::{DeviceFlags, DeviceInfo, DeviceOps, OpenContext, MAX_REGIONS};
 pub use region::{

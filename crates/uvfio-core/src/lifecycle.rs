@@ -22,6 +22,7 @@ use crate::dma::Dma;
 use crate::errno::{Errno, Result};
 use crate::group::{GroupId, GroupOpen};
 use crate::irq::{IrqInfo, SetIrqs};
+use crate::migration::{self, MigFlags, MigState, MigrationOps};
 use crate::ops::{DeviceFlags, DeviceInfo, DeviceOps, OpenContext, MAX_REGIONS};
 use crate::region::{RegionFlags, RegionInfo};
 use crate::registry::{Registry, RegistryEvent};
@@ -100,6 +101,8 @@ pub(crate) struct DeviceShared<D: ?Sized> {
     info: DeviceInfo,
     layout: Vec<RegionLayout>,
     pub(crate) life: Arc<Lifecycle>,
+    /// Migration state; serialises transitions and data access.
+    mig: Mutex<MigState>,
     pub(crate) driver: D,
 }
 
@@ -252,6 +255,7 @@ impl<D: DeviceOps> UnregisteredDevice<D> {
                 }),
                 cv: Condvar::new(),
             }),
+            mig: Mutex::new(MigState::Running),
             driver,
         });
         let registry = membership.registry.clone();
@@ -551,6 +555,7 @@ impl DeviceHandle {
             return Err(Errno::NODEV);
         }
         if st.open_count == 0 {
+            *dev.mig.lock().unwrap_or_else(|e| e.into_inner()) = MigState::Running;
             if let Err(e) = dev.driver.open_device(&OpenContext { dma: dma.clone() }) {
                 drop(dev);
                 life.cv.notify_all();
@@ -656,13 +661,92 @@ impl DeviceHandle {
         d.driver.set_irqs(req)
     }
 
-    /// `VFIO_DEVICE_RESET`; EINVAL if the device has no reset.
+    /// `VFIO_DEVICE_RESET`; EINVAL if the device has no reset. A device
+    /// that migrates lands in RUNNING (the only way out of ERROR).
     pub fn reset(&self) -> Result<()> {
         let d = self.dev();
         if !d.info.flags.contains(DeviceFlags::RESET) {
             return Err(Errno::INVAL);
         }
-        d.driver.reset()
+        let mut mig = d.mig.lock().unwrap_or_else(|e| e.into_inner());
+        d.driver.reset()?;
+        *mig = MigState::Running;
+        Ok(())
+    }
+
+    fn mig_ops(&self) -> Result<&dyn MigrationOps> {
+        self.dev().driver.migration().ok_or(Errno::NOTTY)
+    }
+
+    fn mig_lock(&self) -> MutexGuard<'_, MigState> {
+        self.dev().mig.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `VFIO_DEVICE_FEATURE_MIGRATION` GET: ENOTTY without migration.
+    pub fn migration_flags(&self) -> Result<MigFlags> {
+        Ok(self.mig_ops()?.flags())
+    }
+
+    /// `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` GET.
+    pub fn mig_state(&self) -> Result<MigState> {
+        self.mig_ops()?;
+        Ok(*self.mig_lock())
+    }
+
+    /// `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` SET: walks the kernel's path
+    /// from the current state to `new`, one driver arc at a time. An
+    /// impossible request is EINVAL with the state unchanged; a driver
+    /// failure mid-way leaves the device in ERROR (reset recovers it).
+    pub fn set_mig_state(&self, new: MigState) -> Result<MigState> {
+        let ops = self.mig_ops()?;
+        let mut cur = self.mig_lock();
+        let path = migration::path(ops.flags(), *cur, new)?;
+        for hop in path {
+            if let Err(e) = ops.step(*cur, hop) {
+                tracing::warn!(device = %self.name(), from = ?*cur, to = ?hop, "migration arc failed: {e}");
+                *cur = MigState::Error;
+                return Err(e);
+            }
+            *cur = hop;
+        }
+        Ok(*cur)
+    }
+
+    /// Reads the next bytes of the saving stream (PRE_COPY*, STOP_COPY
+    /// only; EINVAL elsewhere). `Ok(0)` ends the stream in STOP_COPY.
+    pub fn mig_read(&self, buf: &mut [u8]) -> Result<usize> {
+        let ops = self.mig_ops()?;
+        let cur = self.mig_lock();
+        if !cur.is_saving() {
+            return Err(Errno::INVAL);
+        }
+        let n = ops.save(buf)?;
+        Ok(n.min(buf.len()))
+    }
+
+    /// Appends to the resuming stream (RESUMING only; EINVAL elsewhere).
+    pub fn mig_write(&self, data: &[u8]) -> Result<()> {
+        let ops = self.mig_ops()?;
+        let cur = self.mig_lock();
+        if *cur != MigState::Resuming {
+            return Err(Errno::INVAL);
+        }
+        ops.load(data)
+    }
+
+    /// `VFIO_MIG_GET_PRECOPY_INFO`: EINVAL outside PRE_COPY*.
+    pub fn precopy_info(&self) -> Result<(u64, u64)> {
+        let ops = self.mig_ops()?;
+        let cur = self.mig_lock();
+        if !matches!(*cur, MigState::PreCopy | MigState::PreCopyP2p) {
+            return Err(Errno::INVAL);
+        }
+        Ok(ops.precopy_info())
+    }
+
+    /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`.
+    pub fn stop_copy_size(&self) -> Result<u64> {
+        Ok(self.mig_ops()?.stop_copy_size())
     }
 }
 

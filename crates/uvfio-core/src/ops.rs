@@ -3,6 +3,7 @@
 use crate::dma::Dma;
 use crate::errno::{Errno, Result};
 use crate::irq::{IrqInfo, IrqLines, SetIrqs};
+use crate::migration::MigrationOps;
 use crate::region::RegionInfo;
 
 bitflags::bitflags! {
@@ -119,6 +120,11 @@ pub trait DeviceOps: Send + Sync + 'static {
     /// Resets the device. Only called if `info()` reports RESET.
     fn reset(&self) -> Result<()> {
         Err(Errno::NOTTY)
+    }
+
+    /// Migration support, if the device has it (VFIO_DEVICE_FEATURE_MIGRATION).
+    fn migration(&self) -> Option<&dyn MigrationOps> {
+        None
     }
 
     /// Asks the users to release the device: called by unregister with
