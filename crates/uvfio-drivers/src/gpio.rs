@@ -1,0 +1,389 @@
+//! gpio: a 16-input / 16-output digital I/O card.
+//!
+//! PCI `1ee7:0001` ([`crate::UVFIO_VENDOR_ID`]), class 08/80 (other system
+//! peripheral), INTA, capabilities PM and MSI (1 vector, 64-bit, maskable).
+//!
+//! ## Register map (BAR0: 4 KiB, 32-bit memory)
+//!
+//! | offset | name         | access | meaning                                        |
+//! |--------|--------------|--------|------------------------------------------------|
+//! | 0x00   | `INPUT`      | RO     | bits 15:0 = input pin levels                   |
+//! | 0x04   | `OUTPUT`     | RW     | bits 15:0 = output pin levels                  |
+//! | 0x08   | `IRQ_ENABLE` | RW     | bits 15:0 = inputs whose changes interrupt     |
+//! | 0x0C   | `IRQ_STATUS` | RW1C   | bits 15:0 = enabled inputs that changed        |
+//! | 0x10   | `ID`         | RO     | [`GPIO_ID`] (`"GP"`, version 1.0)              |
+//! | 0x14   | `CAPS`       | RO     | 7:0 inputs (16), 15:8 outputs (16), bit 16 loopback |
+//!
+//! Other offsets read 0 and ignore writes; bits 31:16 of the pin registers
+//! read 0. Accesses of 1, 2 or 4 bytes are allowed; a narrow write to
+//! `IRQ_STATUS` clears only the bits of the bytes written.
+//!
+//! ## Interrupts
+//!
+//! A change of an input pin (either edge) whose `IRQ_ENABLE` bit is set
+//! latches its `IRQ_STATUS` bit; when that sets a bit that was clear, the
+//! card raises its interrupt (MSI if enabled, else INTx). INTx is level:
+//! it stays asserted until `IRQ_STATUS` is cleared to 0.
+//!
+//! Inputs are driven from the device side with [`Gpio::set_inputs`] /
+//! [`Gpio::set_input`] (e.g. by a CLI through
+//! `device.driver().function()`). With the *loopback* option, every write
+//! to `OUTPUT` drives the inputs to the same levels, so a client alone can
+//! toggle outputs and see inputs change with an interrupt.
+
+use std::sync::{Mutex, MutexGuard};
+
+use uvfio_core::{GroupId, RegisteredDevice, Registry, Result};
+use uvfio_pci::{
+    Bar, Capability, Delivery, MsiCap, PciConfig, PciDevice, PciError, PciFunction, PciHandle,
+    PciHeader, PmCap,
+};
+
+use crate::{DriverError, UVFIO_VENDOR_ID};
+
+/// The gpio card's device ID.
+pub const GPIO_DEVICE_ID: u16 = 0x0001;
+/// Input levels (RO).
+pub const GPIO_REG_INPUT: u64 = 0x00;
+/// Output levels (RW).
+pub const GPIO_REG_OUTPUT: u64 = 0x04;
+/// Interrupt enable per input (RW).
+pub const GPIO_REG_IRQ_ENABLE: u64 = 0x08;
+/// Latched input changes (RW1C).
+pub const GPIO_REG_IRQ_STATUS: u64 = 0x0c;
+/// Identification (RO).
+pub const GPIO_REG_ID: u64 = 0x10;
+/// Capabilities (RO).
+pub const GPIO_REG_CAPS: u64 = 0x14;
+/// Value of the ID register.
+pub const GPIO_ID: u32 = 0x4750_0100;
+/// Number of input pins and of output pins.
+pub const GPIO_PINS: u8 = 16;
+/// Size of BAR0.
+pub const GPIO_BAR0_SIZE: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Pins {
+    input: u16,
+    output: u16,
+    irq_enable: u16,
+    irq_status: u16,
+}
+
+/// The gpio function.
+#[derive(Debug)]
+pub struct Gpio {
+    pins: Mutex<Pins>,
+    loopback: bool,
+    irq: PciHandle,
+}
+
+impl Gpio {
+    fn lock(&self) -> MutexGuard<'_, Pins> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drives all 16 input pins; returns how the interrupt was delivered if
+    /// the change raised one.
+    pub fn set_inputs(&self, levels: u16) -> std::result::Result<Option<Delivery>, PciError> {
+        let newly = {
+            let mut p = self.lock();
+            let changed = p.input ^ levels;
+            p.input = levels;
+            let latch = changed & p.irq_enable;
+            let newly = latch & !p.irq_status;
+            p.irq_status |= latch;
+            newly
+        };
+        if newly == 0 {
+            return Ok(None);
+        }
+        self.irq.raise(0).map(Some)
+    }
+
+    /// Drives one input pin (0–15).
+    pub fn set_input(
+        &self,
+        pin: u8,
+        level: bool,
+    ) -> std::result::Result<Option<Delivery>, DriverError> {
+        if pin >= GPIO_PINS {
+            return Err(DriverError::PinInvalid(pin));
+        }
+        let bit = 1u16 << pin;
+        let cur = self.inputs();
+        let next = if level { cur | bit } else { cur & !bit };
+        Ok(self.set_inputs(next)?)
+    }
+
+    /// Input levels.
+    pub fn inputs(&self) -> u16 {
+        self.lock().input
+    }
+
+    /// Output levels (what the client wrote).
+    pub fn outputs(&self) -> u16 {
+        self.lock().output
+    }
+
+    /// Latched interrupt status.
+    pub fn irq_status(&self) -> u16 {
+        self.lock().irq_status
+    }
+
+    fn read_reg(&self, reg: u64) -> u32 {
+        let p = self.lock();
+        match reg {
+            GPIO_REG_INPUT => u32::from(p.input),
+            GPIO_REG_OUTPUT => u32::from(p.output),
+            GPIO_REG_IRQ_ENABLE => u32::from(p.irq_enable),
+            GPIO_REG_IRQ_STATUS => u32::from(p.irq_status),
+            GPIO_REG_ID => GPIO_ID,
+            GPIO_REG_CAPS => {
+                u32::from(GPIO_PINS)
+                    | (u32::from(GPIO_PINS) << 8)
+                    | (u32::from(self.loopback) << 16)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Applies `value` under `mask` (the bytes written) to register `reg`.
+    fn write_reg(&self, reg: u64, value: u32, mask: u32) -> std::result::Result<(), PciError> {
+        let merge = |old: u16| ((u32::from(old) & !mask) | (value & mask)) as u16;
+        let mut loop_to = None;
+        let mut lower = false;
+        {
+            let mut p = self.lock();
+            match reg {
+                GPIO_REG_OUTPUT => {
+                    p.output = merge(p.output);
+                    if self.loopback {
+                        loop_to = Some(p.output);
+                    }
+                }
+                GPIO_REG_IRQ_ENABLE => p.irq_enable = merge(p.irq_enable),
+                GPIO_REG_IRQ_STATUS => {
+                    p.irq_status &= !((value & mask) as u16);
+                    lower = p.irq_status == 0;
+                }
+                _ => tracing::debug!(reg, "gpio: write to read-only register dropped"),
+            }
+        }
+        if lower {
+            self.irq.lower_intx();
+        }
+        if let Some(levels) = loop_to {
+            self.set_inputs(levels)?;
+        }
+        Ok(())
+    }
+}
+
+impl PciFunction for Gpio {
+    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<()> {
+        if bar != 0 {
+            data.fill(0xff);
+            return Ok(());
+        }
+        let v = self.read_reg(offset & !3).to_le_bytes();
+        let at = (offset % 4) as usize;
+        data.copy_from_slice(&v[at..at + data.len()]);
+        Ok(())
+    }
+
+    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<()> {
+        if bar != 0 {
+            return Ok(());
+        }
+        let at = (offset % 4) as usize;
+        let mut bytes = [0u8; 4];
+        let mut mask = [0u8; 4];
+        bytes[at..at + data.len()].copy_from_slice(data);
+        mask[at..at + data.len()].fill(0xff);
+        if let Err(e) = self.write_reg(
+            offset & !3,
+            u32::from_le_bytes(bytes),
+            u32::from_le_bytes(mask),
+        ) {
+            tracing::debug!("gpio: loopback interrupt not delivered: {e}");
+        }
+        Ok(())
+    }
+}
+
+/// How to create a gpio card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpioOptions {
+    /// Outputs drive the inputs.
+    pub loopback: bool,
+    /// Input levels at creation.
+    pub initial_inputs: u16,
+}
+
+/// A registered gpio card.
+pub type GpioDevice = RegisteredDevice<PciDevice<Gpio>>;
+
+/// The PCI declaration of the card.
+pub fn pci_config() -> PciConfig {
+    let mut bars: [Option<Bar>; 6] = Default::default();
+    bars[0] = Some(Bar::mem32(GPIO_BAR0_SIZE));
+    PciConfig {
+        header: PciHeader {
+            vendor_id: UVFIO_VENDOR_ID,
+            device_id: GPIO_DEVICE_ID,
+            subsystem_vendor_id: UVFIO_VENDOR_ID,
+            subsystem_id: GPIO_DEVICE_ID,
+            revision: 1,
+            class_code: 0x08,
+            subclass: 0x80,
+            interrupt_pin: 1,
+            ..Default::default()
+        },
+        bars,
+        capabilities: vec![
+            Capability::PowerManagement(PmCap::default()),
+            Capability::Msi(MsiCap::default()),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Creates and registers a gpio card called `name` in `group`.
+pub fn create(
+    registry: &Registry,
+    name: &str,
+    group: GroupId,
+    options: &GpioOptions,
+) -> std::result::Result<GpioDevice, DriverError> {
+    let device = PciDevice::new(pci_config(), |irq| Gpio {
+        pins: Mutex::new(Pins {
+            input: options.initial_inputs,
+            ..Default::default()
+        }),
+        loopback: options.loopback,
+        irq,
+    })?;
+    crate::register(registry, name, group, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use uvfio_core::irq::read_eventfd;
+    use uvfio_core::GroupId;
+    use uvfio_pci::index::*;
+    use uvfio_pci::regs::{PCI_CAP_ID_MSI, PCI_MSI_FLAGS, PCI_MSI_MASK_64, PCI_STATUS};
+
+    use super::*;
+    use crate::testutil::User;
+
+    fn make(options: GpioOptions) -> (Registry, GpioDevice, User) {
+        let registry = Registry::default();
+        let dev = create(&registry, "gpio0", GroupId(5), &options).unwrap();
+        let user = User::open(&registry, GroupId(5), "gpio0");
+        (registry, dev, user)
+    }
+
+    #[test]
+    fn id_caps_and_config_identity() {
+        let (_r, _d, u) = make(GpioOptions::default());
+        assert_eq!(u.read32(0, GPIO_REG_ID), GPIO_ID);
+        assert_eq!(u.read32(0, GPIO_REG_CAPS), 0x1010);
+        assert_eq!(u.cfg_read32(0), 0x0001_1ee7);
+        assert_eq!(u.cfg_read32(8) >> 16, 0x0880);
+    }
+
+    #[test]
+    fn set_inputs_from_device_side_reads_in_input_register() {
+        let (_r, d, u) = make(GpioOptions::default());
+        d.driver().function().set_inputs(0xa5a5).unwrap();
+        assert_eq!(u.read32(0, GPIO_REG_INPUT), 0xa5a5);
+        d.driver().function().set_input(0, false).unwrap();
+        assert_eq!(u.read32(0, GPIO_REG_INPUT), 0xa5a4);
+        assert!(matches!(
+            d.driver().function().set_input(16, true),
+            Err(DriverError::PinInvalid(16))
+        ));
+    }
+
+    #[test]
+    fn enabled_input_change_raises_intx_and_latches_status() {
+        let (_r, d, u) = make(GpioOptions::default());
+        let intx = u.bind(VFIO_PCI_INTX_IRQ_INDEX, 1);
+        u.write32(0, GPIO_REG_IRQ_ENABLE, 0x0003);
+        let f = d.driver().function();
+        assert_eq!(f.set_inputs(0x0100).unwrap(), None, "pin 8 not enabled");
+        assert_eq!(f.set_inputs(0x0102).unwrap(), Some(Delivery::Signalled));
+        assert_eq!(read_eventfd(&intx[0]).unwrap(), 1);
+        assert_eq!(u.read32(0, GPIO_REG_IRQ_STATUS), 0x0002);
+        assert_eq!(u.read32(0, GPIO_REG_INPUT), 0x0102);
+        assert!(u.cfg_read16(u64::from(PCI_STATUS)) & 0x08 != 0);
+        u.write32(0, GPIO_REG_IRQ_STATUS, 0x0002);
+        assert_eq!(u.read32(0, GPIO_REG_IRQ_STATUS), 0);
+        assert_eq!(u.cfg_read16(u64::from(PCI_STATUS)) & 0x08, 0);
+    }
+
+    #[test]
+    fn already_latched_pin_does_not_raise_again() {
+        let (_r, d, u) = make(GpioOptions::default());
+        let _intx = u.bind(VFIO_PCI_INTX_IRQ_INDEX, 1);
+        u.write32(0, GPIO_REG_IRQ_ENABLE, 0x0001);
+        let f = d.driver().function();
+        assert!(f.set_inputs(1).unwrap().is_some());
+        assert_eq!(f.set_inputs(0).unwrap(), None);
+    }
+
+    #[test]
+    fn narrow_status_write_clears_only_written_bytes() {
+        let (_r, d, u) = make(GpioOptions::default());
+        u.write32(0, GPIO_REG_IRQ_ENABLE, 0xffff);
+        d.driver().function().set_inputs(0x0101).unwrap();
+        u.write8(0, GPIO_REG_IRQ_STATUS + 1, 0xff);
+        assert_eq!(u.read32(0, GPIO_REG_IRQ_STATUS), 0x0001);
+    }
+
+    #[test]
+    fn loopback_output_write_changes_inputs_with_msi() {
+        let (_r, d, u) = make(GpioOptions {
+            loopback: true,
+            ..Default::default()
+        });
+        let msi = u.bind(VFIO_PCI_MSI_IRQ_INDEX, 1);
+        u.write32(0, GPIO_REG_IRQ_ENABLE, 0x00f0);
+        u.write32(0, GPIO_REG_OUTPUT, 0x0010);
+        assert_eq!(read_eventfd(&msi[0]).unwrap(), 1);
+        assert_eq!(u.read32(0, GPIO_REG_INPUT), 0x0010);
+        assert_eq!(d.driver().function().outputs(), 0x0010);
+        assert_eq!(u.read32(0, GPIO_REG_CAPS) >> 16, 1);
+    }
+
+    #[test]
+    fn msi_masked_in_config_latches_until_unmasked() {
+        let (_r, d, u) = make(GpioOptions::default());
+        let msi = u.bind(VFIO_PCI_MSI_IRQ_INDEX, 1);
+        let cap = u64::from(
+            d.driver()
+                .with_config(|c| c.capability_offset(PCI_CAP_ID_MSI))
+                .unwrap(),
+        );
+        u.cfg_write16(cap + u64::from(PCI_MSI_FLAGS), 1);
+        u.cfg_write32(cap + u64::from(PCI_MSI_MASK_64), 1);
+        u.write32(0, GPIO_REG_IRQ_ENABLE, 1);
+        assert_eq!(
+            d.driver().function().set_inputs(1).unwrap(),
+            Some(Delivery::Latched)
+        );
+        assert_eq!(read_eventfd(&msi[0]).unwrap(), 0);
+        u.cfg_write32(cap + u64::from(PCI_MSI_MASK_64), 0);
+        assert_eq!(read_eventfd(&msi[0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn unknown_offsets_read_zero_and_ro_writes_dropped() {
+        let (_r, _d, u) = make(GpioOptions::default());
+        u.write32(0, GPIO_REG_INPUT, 0xffff);
+        u.write32(0, 0x100, 0xffff);
+        assert_eq!(u.read32(0, GPIO_REG_INPUT), 0);
+        assert_eq!(u.read32(0, 0x100), 0);
+    }
+}

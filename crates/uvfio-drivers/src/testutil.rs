@@ -1,0 +1,105 @@
+//! A user of a registered device through the in-process uAPI.
+
+use std::os::fd::OwnedFd;
+
+use uvfio_core::irq::eventfd;
+use uvfio_core::{
+    Container, DeviceHandle, Group, GroupId, IommuType, IrqAction, IrqData, Registry, SetIrqs,
+};
+use uvfio_pci::index::VFIO_PCI_CONFIG_REGION_INDEX;
+
+pub(crate) struct User {
+    pub(crate) handle: DeviceHandle,
+    pub(crate) container: Container,
+    pub(crate) _group: Group,
+}
+
+impl User {
+    pub(crate) fn open(registry: &Registry, group: GroupId, name: &str) -> User {
+        let container = Container::new();
+        let g = registry.open_group(group).unwrap();
+        g.set_container(&container).unwrap();
+        container.set_iommu(IommuType::Type1v2).unwrap();
+        let handle = g.get_device(name).unwrap();
+        User {
+            handle,
+            container,
+            _group: g,
+        }
+    }
+
+    pub(crate) fn bind(&self, index: u32, n: u32) -> Vec<OwnedFd> {
+        let mine: Vec<OwnedFd> = (0..n).map(|_| eventfd().unwrap()).collect();
+        let theirs = mine.iter().map(|f| Some(f.try_clone().unwrap())).collect();
+        self.handle
+            .set_irqs(SetIrqs {
+                index,
+                start: 0,
+                count: n,
+                action: IrqAction::Trigger,
+                data: IrqData::Eventfd(theirs),
+            })
+            .unwrap();
+        mine
+    }
+
+    pub(crate) fn unmask(&self, index: u32) {
+        self.handle
+            .set_irqs(SetIrqs {
+                index,
+                start: 0,
+                count: 1,
+                action: IrqAction::Unmask,
+                data: IrqData::None,
+            })
+            .unwrap();
+    }
+
+    pub(crate) fn read8(&self, region: u32, off: u64) -> u8 {
+        let mut b = [0u8; 1];
+        self.handle.read(region, off, &mut b).unwrap();
+        b[0]
+    }
+
+    pub(crate) fn write8(&self, region: u32, off: u64, v: u8) {
+        self.handle.write(region, off, &[v]).unwrap();
+    }
+
+    pub(crate) fn read32(&self, region: u32, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.handle.read(region, off, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    pub(crate) fn write32(&self, region: u32, off: u64, v: u32) {
+        self.handle.write(region, off, &v.to_le_bytes()).unwrap();
+    }
+
+    pub(crate) fn cfg_read32(&self, off: u64) -> u32 {
+        self.read32(VFIO_PCI_CONFIG_REGION_INDEX, off)
+    }
+
+    pub(crate) fn cfg_write32(&self, off: u64, v: u32) {
+        self.write32(VFIO_PCI_CONFIG_REGION_INDEX, off, v);
+    }
+
+    pub(crate) fn cfg_write16(&self, off: u64, v: u16) {
+        self.handle
+            .write(VFIO_PCI_CONFIG_REGION_INDEX, off, &v.to_le_bytes())
+            .unwrap();
+    }
+
+    pub(crate) fn cfg_read16(&self, off: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.handle
+            .read(VFIO_PCI_CONFIG_REGION_INDEX, off, &mut b)
+            .unwrap();
+        u16::from_le_bytes(b)
+    }
+}
+
+impl User {
+    pub(crate) fn irq_count(&self, index: u32) -> u32 {
+        self.handle.irq_info(index).unwrap().count
+    }
+}
