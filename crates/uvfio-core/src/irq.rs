@@ -276,6 +276,26 @@ impl IrqLines {
         fire(v, flags)
     }
 
+    /// Drops a trigger that arrived while `vector` was masked (a level
+    /// interrupt that was lowered before the user unmasked it).
+    pub fn clear_pending(&self, index: u32, vector: u32) {
+        if let Some(v) = self
+            .lock()
+            .get_mut(index as usize)
+            .and_then(|s| s.vectors.get_mut(vector as usize))
+        {
+            v.pending = false;
+        }
+    }
+
+    /// Whether `vector` of `index` has a trigger waiting for an unmask.
+    pub fn pending(&self, index: u32, vector: u32) -> bool {
+        self.lock()
+            .get(index as usize)
+            .and_then(|s| s.vectors.get(vector as usize))
+            .is_some_and(|v| v.pending)
+    }
+
     /// Whether any vector of `index` has an eventfd bound.
     pub fn enabled(&self, index: u32) -> bool {
         self.lock()
@@ -402,6 +422,26 @@ mod tests {
         .unwrap();
         // The trigger that arrived while masked was pending: unmask delivers it.
         assert_eq!(read_eventfd(&fds[0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn cleared_pending_trigger_is_not_delivered_on_unmask() {
+        let l = lines();
+        let fds = bind(&l, 0, 0, 1);
+        assert!(l.trigger(0, 0).unwrap());
+        assert!(!l.trigger(0, 0).unwrap());
+        assert!(l.pending(0, 0));
+        l.clear_pending(0, 0);
+        assert_eq!(read_eventfd(&fds[0]).unwrap(), 1);
+        l.set_irqs(SetIrqs {
+            index: 0,
+            start: 0,
+            count: 1,
+            action: IrqAction::Unmask,
+            data: IrqData::None,
+        })
+        .unwrap();
+        assert_eq!(read_eventfd(&fds[0]).unwrap(), 0);
     }
 
     #[test]
