@@ -1,0 +1,390 @@
+//! One connection shared between the thread that serves the peer's commands
+//! and the threads that wait for replies to requests *we* send.
+//!
+//! vfio-user lets both ends send commands on the same socket: the client's
+//! requests, and the server's DMA_READ/DMA_WRITE. A device may DMA inside an
+//! operation the connection thread is executing (a doorbell write), or from
+//! a thread of its own (a timer). So nobody owns the read side for good;
+//! instead whoever needs the next message becomes *the reader* for one
+//! message (a leader/follower scheme):
+//!
+//! - [`Channel::next_command`] (the serving thread) takes a queued command
+//!   if there is one, else reads. Replies it reads are routed by `msg_id` to
+//!   the request waiting for them.
+//! - [`Channel::call`] sends a request and waits for its reply. While
+//!   nobody else reads it reads itself; commands it meets on the way are
+//!   queued for the serving thread ([`Incoming::Queue`], the server) or
+//!   handed to a callback ([`Incoming::Handle`], the client answering DMA).
+//!   The wait is bounded; on timeout the request fails and a late reply is
+//!   dropped.
+//!
+//! Because the serving thread gives up the reader role while it executes a
+//! command, a DMA issued from inside that command can always make progress:
+//! no deadlock, no lost message. The queue is bounded in bytes; a peer that
+//! floods commands while we wait for its reply loses its connection.
+//!
+//! Writes go through one lock so messages never interleave. The hot path
+//! (a command and its reply on the serving thread) takes two uncontended
+//! mutex round trips and no allocation.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use crate::transport::{self, FrameLimits, Message, TransportError};
+
+/// Why a channel operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The connection is gone (peer closed, unreadable stream, send failure).
+    #[error("connection closed: {0}")]
+    Closed(#[source] TransportError),
+    /// We shut the connection down.
+    #[error("connection shut down")]
+    Shutdown,
+    /// The peer sent too much while we waited for its reply.
+    #[error("peer queued more than {0} bytes of commands while a reply was awaited")]
+    QueueFull(usize),
+    /// No reply arrived in time.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// A request with this id is already waiting for its reply.
+    #[error("message id {0} is already awaiting a reply")]
+    IdInUse(u16),
+}
+
+impl ChannelError {
+    /// The errno this failure maps to.
+    #[must_use]
+    pub fn errno(&self) -> Errno {
+        match self {
+            ChannelError::Closed(e) => e.errno(),
+            ChannelError::Shutdown | ChannelError::QueueFull(_) => Errno::NOTCONN,
+            ChannelError::Timeout(_) => Errno::TIMEDOUT,
+            ChannelError::IdInUse(_) => Errno::BUSY,
+        }
+    }
+}
+
+/// What [`Channel::call`] does with a command it reads while waiting.
+pub(crate) enum Incoming<'a> {
+    /// Queue it for [`Channel::next_command`] (server).
+    Queue,
+    /// Handle it now, on the waiting thread (client: DMA_READ/DMA_WRITE).
+    Handle(&'a mut dyn FnMut(&Channel, Message)),
+}
+
+struct State {
+    reader_busy: bool,
+    queue: VecDeque<Message>,
+    queued_bytes: usize,
+    /// Requests awaiting replies: `None` until the reply arrives.
+    pending: HashMap<u16, Option<Message>>,
+    closed: Option<ChannelError>,
+    limits: FrameLimits,
+}
+
+/// A connection, see the module docs.
+pub(crate) struct Channel {
+    sock: OwnedFd,
+    write_lock: Mutex<()>,
+    state: Mutex<State>,
+    cv: Condvar,
+    next_id: AtomicU16,
+    max_queued_bytes: usize,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("sock", &self.sock).finish()
+    }
+}
+
+impl Channel {
+    pub(crate) fn new(sock: OwnedFd, limits: FrameLimits, max_queued_bytes: usize) -> Channel {
+        Channel {
+            sock,
+            write_lock: Mutex::new(()),
+            state: Mutex::new(State {
+                reader_busy: false,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                pending: HashMap::new(),
+                closed: None,
+                limits,
+            }),
+            cv: Condvar::new(),
+            next_id: AtomicU16::new(0),
+            max_queued_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The socket.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Replaces the read limits (after negotiation).
+    pub(crate) fn set_limits(&self, limits: FrameLimits) {
+        self.lock().limits = limits;
+    }
+
+    /// A fresh id for a request we originate (wrapping).
+    pub(crate) fn next_id(&self) -> u16 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends whole message(s). A failure closes the channel.
+    pub(crate) fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        let r = {
+            let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+            transport::send_message(self.fd(), bytes, fds)
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e @ TransportError::TooManyFds { .. }) => Err(ChannelError::Closed(e)),
+            Err(e) => {
+                let mut st = self.lock();
+                self.close_locked(&mut st, ChannelError::Closed(e.clone()));
+                Err(ChannelError::Closed(e))
+            }
+        }
+    }
+
+    /// Shuts the socket down both ways: every reader and waiter wakes up
+    /// and fails; the peer sees EOF.
+    pub(crate) fn shutdown(&self) {
+        let mut st = self.lock();
+        self.close_locked(&mut st, ChannelError::Shutdown);
+    }
+
+    fn close_locked(&self, st: &mut State, why: ChannelError) {
+        if st.closed.is_none() {
+            st.closed = Some(why);
+        }
+        // ENOTCONN if already shut down: nothing to do.
+        let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Both);
+        st.queue.clear();
+        st.queued_bytes = 0;
+        self.cv.notify_all();
+    }
+
+    fn route_reply(&self, st: &mut State, reply: Message) {
+        let id = reply.msg_id();
+        match st.pending.get_mut(&id) {
+            Some(slot @ None) => {
+                *slot = Some(reply);
+                self.cv.notify_all();
+            }
+            _ => {
+                tracing::warn!(
+                    msg_id = id,
+                    command = reply.command(),
+                    "dropping a reply nobody waits for"
+                );
+            }
+        }
+    }
+
+    /// The next command from the peer, into `msg` (queued ones first).
+    /// Replies read on the way are routed to their waiters.
+    pub(crate) fn next_command(&self, msg: &mut Message) -> Result<(), ChannelError> {
+        let mut st = self.lock();
+        loop {
+            if let Some(m) = st.queue.pop_front() {
+                st.queued_bytes = st.queued_bytes.saturating_sub(m.body.len());
+                *msg = m;
+                return Ok(());
+            }
+            if let Some(e) = &st.closed {
+                return Err(e.clone());
+            }
+            if !st.reader_busy {
+                st.reader_busy = true;
+                let limits = st.limits;
+                drop(st);
+                let r = transport::recv_message(self.fd(), &limits, None, msg);
+                st = self.lock();
+                st.reader_busy = false;
+                self.cv.notify_all();
+                match r {
+                    Ok(()) if msg.is_reply() => {
+                        let reply = msg.take();
+                        self.route_reply(&mut st, reply);
+                    }
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        let why = ChannelError::Closed(e);
+                        self.close_locked(&mut st, why.clone());
+                        return Err(why);
+                    }
+                }
+                continue;
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Sends `request` (a whole message whose `msg_id` is `id`) and waits
+    /// at most `timeout` for the reply with that id, which lands in
+    /// `reply`. `reply` doubles as the read buffer, so a caller that reuses
+    /// it makes round trips without allocating.
+    pub(crate) fn call(
+        &self,
+        id: u16,
+        request: &[u8],
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+        mut incoming: Incoming<'_>,
+        reply: &mut Message,
+    ) -> Result<(), ChannelError> {
+        {
+            let mut st = self.lock();
+            if let Some(e) = &st.closed {
+                return Err(e.clone());
+            }
+            if st.pending.contains_key(&id) {
+                return Err(ChannelError::IdInUse(id));
+            }
+            st.pending.insert(id, None);
+        }
+        if let Err(e) = self.send(request, fds) {
+            self.lock().pending.remove(&id);
+            return Err(e);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        loop {
+            if let Some(Some(_)) = st.pending.get(&id) {
+                if let Some(Some(m)) = st.pending.remove(&id) {
+                    *reply = m;
+                    return Ok(());
+                }
+            }
+            if let Some(e) = &st.closed {
+                let e = e.clone();
+                st.pending.remove(&id);
+                return Err(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                st.pending.remove(&id);
+                return Err(ChannelError::Timeout(timeout));
+            }
+            if !st.reader_busy {
+                st.reader_busy = true;
+                let limits = st.limits;
+                drop(st);
+                let r = transport::recv_message(self.fd(), &limits, Some(deadline), reply);
+                st = self.lock();
+                st.reader_busy = false;
+                self.cv.notify_all();
+                match r {
+                    Ok(()) if reply.is_reply() && reply.msg_id() == id => {
+                        st.pending.remove(&id);
+                        return Ok(());
+                    }
+                    Ok(()) if reply.is_reply() => {
+                        let other = reply.take();
+                        self.route_reply(&mut st, other);
+                    }
+                    Ok(()) => match &mut incoming {
+                        Incoming::Queue => {
+                            let len = reply.body.len().saturating_add(transport::HEADER_SIZE);
+                            let total = st.queued_bytes.saturating_add(len);
+                            if total > self.max_queued_bytes {
+                                tracing::warn!(
+                                    "peer flooded commands while a reply was awaited; closing"
+                                );
+                                self.close_locked(
+                                    &mut st,
+                                    ChannelError::QueueFull(self.max_queued_bytes),
+                                );
+                            } else {
+                                st.queued_bytes = total;
+                                st.queue.push_back(reply.take());
+                                self.cv.notify_all();
+                            }
+                        }
+                        Incoming::Handle(f) => {
+                            drop(st);
+                            f(self, reply.take());
+                            st = self.lock();
+                        }
+                    },
+                    Err(TransportError::Timeout) => {}
+                    Err(e) => self.close_locked(&mut st, ChannelError::Closed(e)),
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(now);
+            st = self
+                .cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Reads and handles incoming commands with `handle` until `deadline`
+    /// (client side, when it has no request in flight). Returns how many
+    /// commands were handled.
+    pub(crate) fn serve_until(
+        &self,
+        deadline: Instant,
+        handle: &mut dyn FnMut(&Channel, Message),
+    ) -> Result<usize, ChannelError> {
+        let mut n = 0usize;
+        let mut tmp = Message::default();
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = &st.closed {
+                return Err(e.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(n);
+            }
+            if !st.reader_busy {
+                st.reader_busy = true;
+                let limits = st.limits;
+                drop(st);
+                let r = transport::recv_message(self.fd(), &limits, Some(deadline), &mut tmp);
+                st = self.lock();
+                st.reader_busy = false;
+                self.cv.notify_all();
+                match r {
+                    Ok(()) if tmp.is_reply() => {
+                        let reply = tmp.take();
+                        self.route_reply(&mut st, reply);
+                    }
+                    Ok(()) => {
+                        drop(st);
+                        handle(self, tmp.take());
+                        n = n.saturating_add(1);
+                        st = self.lock();
+                    }
+                    Err(TransportError::Timeout) => {}
+                    Err(e) => self.close_locked(&mut st, ChannelError::Closed(e)),
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(now);
+            st = self
+                .cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! Framing over an `AF_UNIX` stream socket, with fds as `SCM_RIGHTS`.
+//!
+//! One message is read as the spec and every real peer frame it: `recvmsg`
+//! the 16-byte header (collecting any fds that came with it), take
+//! `msg_size` from it, check it against the cap, then read exactly
+//! `msg_size - 16` more bytes into a buffer the caller reuses. Nothing here
+//! interprets the message beyond its size: validation is [`crate::proto`]'s
+//! job, policy the session's.
+//!
+//! Invariants:
+//! - Received fds become [`OwnedFd`]s at once (rustix's ancillary buffer
+//!   does that), so every error path closes them by dropping.
+//! - `MSG_CTRUNC` (more fds than our control buffer holds) and more fds
+//!   than the configured maximum make the message invalid: the body is
+//!   still consumed so the stream stays framed, every fd received with it
+//!   is closed, and [`Message::fds_rejected`] tells the caller to answer it
+//!   with an error.
+//! - An EOF before the first byte of a message is a clean close; an EOF
+//!   inside a message, a size outside `16..=max_msg_size` and a stall inside
+//!   a message longer than [`FrameLimits::frame_timeout`] make the stream
+//!   unreadable ([`TransportError::is_fatal`]).
+//! - Sends carry the fds on the first `sendmsg` and loop over short writes;
+//!   `MSG_NOSIGNAL` keeps a vanished peer from raising `SIGPIPE`.
+//!
+//! No `unsafe`: rustix's `sendmsg`/`recvmsg` and ancillary buffers are safe.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// Size of the message header.
+pub const HEADER_SIZE: usize = 16;
+
+/// The most fds Linux passes in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
+
+/// Bounds applied while reading a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest `msg_size` accepted, header included.
+    pub max_msg_size: u32,
+    /// Most fds accepted with one message (capped at [`SCM_MAX_FD`]).
+    pub max_fds: usize,
+    /// Longest a peer may stall in the middle of a message.
+    pub frame_timeout: Duration,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits {
+            max_msg_size: crate::proto::DEFAULT_MAX_MSG_SIZE,
+            max_fds: 16,
+            frame_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One message as read off the socket: raw header, body, fds.
+///
+/// The body buffer is reused across reads: [`recv_message`] clears it and
+/// grows it only when a message is larger than any before.
+#[derive(Debug, Default)]
+pub struct Message {
+    /// The 16 header bytes as received.
+    pub header: [u8; HEADER_SIZE],
+    /// `msg_size - 16` body bytes.
+    pub body: Vec<u8>,
+    /// Fds received with the message, in order.
+    pub fds: Vec<OwnedFd>,
+    /// More fds than allowed came with the message (or the kernel dropped
+    /// some: `MSG_CTRUNC`). They were all closed; the message must be
+    /// rejected (EINVAL), but the stream is still in step.
+    pub fds_rejected: bool,
+}
+
+impl Message {
+    /// The `msg_id` field.
+    #[must_use]
+    pub fn msg_id(&self) -> u16 {
+        u16::from_le_bytes([self.header[0], self.header[1]])
+    }
+
+    /// The `command` field.
+    #[must_use]
+    pub fn command(&self) -> u16 {
+        u16::from_le_bytes([self.header[2], self.header[3]])
+    }
+
+    /// The `msg_size` field.
+    #[must_use]
+    pub fn msg_size(&self) -> u32 {
+        u32::from_le_bytes([
+            self.header[4],
+            self.header[5],
+            self.header[6],
+            self.header[7],
+        ])
+    }
+
+    /// The `flags` field.
+    #[must_use]
+    pub fn flags(&self) -> u32 {
+        u32::from_le_bytes([
+            self.header[8],
+            self.header[9],
+            self.header[10],
+            self.header[11],
+        ])
+    }
+
+    /// Whether the header's Type is Reply (1).
+    #[must_use]
+    pub fn is_reply(&self) -> bool {
+        self.flags() & crate::proto::VFIO_USER_F_TYPE_MASK == crate::proto::VFIO_USER_F_TYPE_REPLY
+    }
+
+    /// Moves the contents out, leaving empty buffers behind.
+    #[must_use]
+    pub fn take(&mut self) -> Message {
+        Message {
+            header: self.header,
+            body: std::mem::take(&mut self.body),
+            fds: std::mem::take(&mut self.fds),
+            fds_rejected: self.fds_rejected,
+        }
+    }
+}
+
+/// Why a message could not be read or sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The peer closed the connection between messages.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer closed the connection inside a message.
+    #[error("connection closed inside a message: {got} of {want} bytes")]
+    Truncated {
+        /// Bytes of the message read.
+        got: usize,
+        /// Bytes the message needed.
+        want: usize,
+    },
+    /// `msg_size` is below the header size or over the cap.
+    #[error("msg_size {msg_size} is outside 16..={max}")]
+    BadSize {
+        /// The header's `msg_size`.
+        msg_size: u32,
+        /// The cap in force.
+        max: u32,
+    },
+    /// More fds than one `sendmsg` can carry.
+    #[error("too many fds with one message (limit {max})")]
+    TooManyFds {
+        /// The limit in force.
+        max: usize,
+    },
+    /// No message started before the deadline (only when one was given).
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The peer stopped sending in the middle of a message.
+    #[error("peer stalled inside a message ({got} of {want} bytes)")]
+    Stalled {
+        /// Bytes of the message read.
+        got: usize,
+        /// Bytes the message needed.
+        want: usize,
+    },
+    /// A socket call failed.
+    #[error("socket error: {0}")]
+    Io(#[source] Errno),
+}
+
+impl TransportError {
+    /// True when the byte stream can no longer be used.
+    #[must_use]
+    pub fn is_fatal(&self) -> bool {
+        !matches!(
+            self,
+            TransportError::TooManyFds { .. } | TransportError::Timeout
+        )
+    }
+
+    /// An errno describing the failure, for callers that speak errno.
+    #[must_use]
+    pub fn errno(&self) -> Errno {
+        match self {
+            TransportError::Closed | TransportError::Truncated { .. } => Errno::NOTCONN,
+            TransportError::BadSize { .. } => Errno::PROTO,
+            TransportError::TooManyFds { .. } => Errno::INVAL,
+            TransportError::Timeout | TransportError::Stalled { .. } => Errno::TIMEDOUT,
+            TransportError::Io(e) => *e,
+        }
+    }
+}
+
+/// Control-buffer size for up to [`SCM_MAX_FD`] fds.
+const CMSG_SPACE_MAX: usize = rustix::cmsg_space!(ScmRights(SCM_MAX_FD));
+
+/// Reads one message into `msg` (header, body and fds; previous contents
+/// are replaced).
+///
+/// `deadline` bounds the wait for the *first* byte: `None` blocks until a
+/// message starts or the peer goes away; `Some(t)` returns
+/// [`TransportError::Timeout`] at `t` with nothing consumed. Once a message
+/// has started, each stall may last at most `limits.frame_timeout`.
+pub fn recv_message(
+    sock: BorrowedFd<'_>,
+    limits: &FrameLimits,
+    deadline: Option<Instant>,
+    msg: &mut Message,
+) -> Result<(), TransportError> {
+    msg.body.clear();
+    msg.fds.clear();
+    msg.fds_rejected = false;
+    let max_fds = limits.max_fds.min(SCM_MAX_FD);
+    let mut too_many = false;
+
+    if let Some(d) = deadline {
+        if !wait_readable(sock, Some(d))? {
+            return Err(TransportError::Timeout);
+        }
+    }
+
+    // Header: the fds come with its first byte.
+    let mut got = 0;
+    while got < HEADER_SIZE {
+        let n = recv_chunk(
+            sock,
+            &mut msg.header[got..],
+            got > 0,
+            limits.frame_timeout,
+            (got, HEADER_SIZE),
+            max_fds,
+            &mut msg.fds,
+            &mut too_many,
+        )?;
+        if n == 0 {
+            msg.fds.clear();
+            return Err(if got == 0 {
+                TransportError::Closed
+            } else {
+                TransportError::Truncated {
+                    got,
+                    want: HEADER_SIZE,
+                }
+            });
+        }
+        got += n;
+    }
+
+    let msg_size = msg.msg_size();
+    let size = usize::try_from(msg_size).unwrap_or(usize::MAX);
+    if size < HEADER_SIZE || msg_size > limits.max_msg_size {
+        msg.fds.clear();
+        return Err(TransportError::BadSize {
+            msg_size,
+            max: limits.max_msg_size,
+        });
+    }
+    let body_len = size - HEADER_SIZE;
+    msg.body.resize(body_len, 0);
+    let mut done = 0;
+    while done < body_len {
+        let n = recv_chunk(
+            sock,
+            &mut msg.body[done..],
+            true,
+            limits.frame_timeout,
+            (HEADER_SIZE + done, size),
+            max_fds,
+            &mut msg.fds,
+            &mut too_many,
+        )?;
+        if n == 0 {
+            msg.fds.clear();
+            return Err(TransportError::Truncated {
+                got: HEADER_SIZE + done,
+                want: size,
+            });
+        }
+        done += n;
+    }
+    if too_many || msg.fds.len() > max_fds {
+        msg.fds.clear();
+        msg.fds_rejected = true;
+    }
+    Ok(())
+}
+
+/// One `recvmsg` into `buf`, appending any fds to `fds`. Inside a message
+/// (`mid`), a read that would block waits at most `stall` for more bytes.
+#[allow(clippy::too_many_arguments)]
+fn recv_chunk(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    mid: bool,
+    stall: Duration,
+    progress: (usize, usize),
+    max_fds: usize,
+    fds: &mut Vec<OwnedFd>,
+    too_many: &mut bool,
+) -> Result<usize, TransportError> {
+    // One extra slot: a message carrying more than `max_fds` shows up as
+    // `max_fds + 1` fds (or MSG_CTRUNC) instead of silently fitting.
+    let space_len = rustix::cmsg_space!(ScmRights(max_fds + 1)).min(CMSG_SPACE_MAX);
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE_MAX];
+    loop {
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space[..space_len]);
+        let mut iov = [IoSliceMut::new(buf)];
+        let flags = if mid {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::CMSG_CLOEXEC
+        };
+        match rustix::net::recvmsg(sock, &mut iov, &mut cmsg, flags) {
+            Ok(r) => {
+                for m in cmsg.drain() {
+                    if let RecvAncillaryMessage::ScmRights(it) = m {
+                        fds.extend(it);
+                    }
+                }
+                if r.flags.contains(ReturnFlags::CTRUNC) {
+                    *too_many = true;
+                }
+                if fds.len() > max_fds {
+                    *too_many = true;
+                    fds.clear();
+                }
+                return Ok(r.bytes);
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) if mid => {
+                let deadline = Instant::now() + stall;
+                if !wait_readable(sock, Some(deadline))? {
+                    return Err(TransportError::Stalled {
+                        got: progress.0,
+                        want: progress.1,
+                    });
+                }
+            }
+            // A blocking socket with SO_RCVTIMEO set: keep waiting for the
+            // start of a message.
+            Err(Errno::AGAIN) => {
+                wait_readable(sock, None)?;
+            }
+            Err(e) => return Err(TransportError::Io(e)),
+        }
+    }
+}
+
+/// Waits until `sock` is readable (or hung up) or `deadline` passes;
+/// returns whether it is readable.
+pub fn wait_readable(
+    sock: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+) -> Result<bool, TransportError> {
+    loop {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                Some(Timespec {
+                    tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                })
+            }
+        };
+        let mut pfd = [PollFd::new(&sock, PollFlags::IN)];
+        match rustix::event::poll(&mut pfd, timeout.as_ref()) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(TransportError::Io(e)),
+        }
+    }
+}
+
+/// Sends `bytes` (one or more whole messages) with `fds` attached to the
+/// first byte. Short writes are continued; a send that times out
+/// (`SO_SNDTIMEO`) or fails is an error and the stream must be dropped.
+pub fn send_message(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), TransportError> {
+    if fds.len() > SCM_MAX_FD {
+        return Err(TransportError::TooManyFds { max: SCM_MAX_FD });
+    }
+    let mut sent = 0;
+    if !fds.is_empty() {
+        let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE_MAX];
+        let space_len = rustix::cmsg_space!(ScmRights(fds.len())).min(CMSG_SPACE_MAX);
+        loop {
+            let mut cmsg = SendAncillaryBuffer::new(&mut space[..space_len]);
+            if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(TransportError::TooManyFds { max: SCM_MAX_FD });
+            }
+            let iov = [IoSlice::new(bytes)];
+            match rustix::net::sendmsg(sock, &iov, &mut cmsg, SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    sent = n;
+                    break;
+                }
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(send_error(e)),
+            }
+        }
+    }
+    while sent < bytes.len() {
+        match rustix::net::send(sock, &bytes[sent..], SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(TransportError::Io(Errno::PIPE)),
+            Ok(n) => sent += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(send_error(e)),
+        }
+    }
+    Ok(())
+}
+
+fn send_error(e: Errno) -> TransportError {
+    if e == Errno::AGAIN {
+        TransportError::Stalled { got: 0, want: 0 }
+    } else {
+        TransportError::Io(e)
+    }
+}
+
+/// Sets `SO_SNDTIMEO` so a peer that stops reading cannot block a sender
+/// forever.
+pub fn set_send_timeout(sock: impl AsFd, timeout: Option<Duration>) -> Result<(), Errno> {
+    rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Send, timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    fn frame(msg_size: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&7u16.to_le_bytes());
+        v.extend_from_slice(&9u16.to_le_bytes());
+        v.extend_from_slice(&msg_size.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn recv_message_reads_header_body_and_fds() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let efd = uvfio_core::irq::eventfd().unwrap();
+        send_message(a.as_fd(), &frame(20, b"abcd"), &[efd.as_fd()]).unwrap();
+        let mut m = Message::default();
+        recv_message(b.as_fd(), &FrameLimits::default(), None, &mut m).unwrap();
+        assert_eq!((m.msg_id(), m.command(), m.msg_size()), (7, 9, 20));
+        assert_eq!(m.body, b"abcd");
+        assert_eq!(m.fds.len(), 1);
+    }
+
+    #[test]
+    fn recv_message_eof_between_messages_is_closed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(a);
+        let mut m = Message::default();
+        let e = recv_message(b.as_fd(), &FrameLimits::default(), None, &mut m).unwrap_err();
+        assert_eq!(e, TransportError::Closed);
+    }
+
+    #[test]
+    fn recv_message_eof_inside_body_is_truncated() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&frame(32, b"abc")).unwrap();
+        drop(a);
+        let mut m = Message::default();
+        let e = recv_message(b.as_fd(), &FrameLimits::default(), None, &mut m).unwrap_err();
+        assert_eq!(e, TransportError::Truncated { got: 19, want: 32 });
+        assert!(e.is_fatal());
+    }
+
+    #[test]
+    fn recv_message_size_over_cap_is_bad_size() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&frame(1 << 30, b"")).unwrap();
+        let mut m = Message::default();
+        let e = recv_message(b.as_fd(), &FrameLimits::default(), None, &mut m).unwrap_err();
+        assert!(matches!(
+            e,
+            TransportError::BadSize {
+                msg_size: 0x4000_0000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn recv_message_size_below_header_is_bad_size() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&frame(8, b"")).unwrap();
+        let mut m = Message::default();
+        let e = recv_message(b.as_fd(), &FrameLimits::default(), None, &mut m).unwrap_err();
+        assert!(matches!(e, TransportError::BadSize { msg_size: 8, .. }));
+    }
+
+    #[test]
+    fn recv_message_too_many_fds_consumes_body_closes_fds_and_flags() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fds: Vec<OwnedFd> = (0..3)
+            .map(|_| uvfio_core::irq::eventfd().unwrap())
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        send_message(a.as_fd(), &frame(20, b"abcd"), &borrowed).unwrap();
+        send_message(a.as_fd(), &frame(16, b""), &[]).unwrap();
+        let limits = FrameLimits {
+            max_fds: 1,
+            ..FrameLimits::default()
+        };
+        let mut m = Message::default();
+        recv_message(b.as_fd(), &limits, None, &mut m).unwrap();
+        assert!(m.fds_rejected);
+        assert!(m.fds.is_empty());
+        assert_eq!(m.body, b"abcd");
+        recv_message(b.as_fd(), &limits, None, &mut m).unwrap();
+        assert_eq!(m.msg_size(), 16);
+        assert!(!m.fds_rejected);
+    }
+
+    #[test]
+    fn recv_message_deadline_without_data_times_out() {
+        let (_a, b) = UnixStream::pair().unwrap();
+        let mut m = Message::default();
+        let e = recv_message(
+            b.as_fd(),
+            &FrameLimits::default(),
+            Some(Instant::now()),
+            &mut m,
+        )
+        .unwrap_err();
+        assert_eq!(e, TransportError::Timeout);
+    }
+
+    #[test]
+    fn recv_message_stall_inside_message_is_fatal() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&frame(32, b"abc")).unwrap();
+        let limits = FrameLimits {
+            frame_timeout: Duration::from_millis(20),
+            ..FrameLimits::default()
+        };
+        let mut m = Message::default();
+        let e = recv_message(b.as_fd(), &limits, None, &mut m).unwrap_err();
+        assert_eq!(e, TransportError::Stalled { got: 19, want: 32 });
+        drop(a);
+    }
+}
