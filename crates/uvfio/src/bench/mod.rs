@@ -1,0 +1,76 @@
+//! The benchmark suite behind `uvfio bench` and `cargo bench -p uvfio`.
+//!
+//! Every figure is a ratio against a baseline measured in the same run on
+//! the same machine (raw socket ping-pong, `memcpy`, plain memory), so the
+//! table holds on a noisy shared host. Each measurement is the median of
+//! several repetitions. Threads are not pinned: on a 2-core machine pinning
+//! client and server to distinct cores gave no steadier medians than the
+//! scheduler's choice, and the ratios compare like with like.
+
+mod core_paths;
+mod timing;
+
+pub use timing::{median_ns, Measurement};
+
+use serde::Serialize;
+
+/// One line of the result table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// What was measured.
+    pub name: String,
+    /// Our figure (ns per operation, or operations per second for rates).
+    pub ours: f64,
+    /// The baseline figure in the same unit.
+    pub baseline: f64,
+    /// Unit of `ours` and `baseline`.
+    pub unit: &'static str,
+    /// ours vs baseline, oriented so that > 1 means "better than baseline"
+    /// for throughput goals and < 1 for latency goals (see `goal`).
+    pub ratio: f64,
+    /// The goal, as text.
+    pub goal: &'static str,
+    /// Whether the goal is met.
+    pub met: Option<bool>,
+}
+
+/// Options for a run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Operations per measurement for round-trip style benches.
+    pub iterations: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { iterations: 20_000 }
+    }
+}
+
+/// Runs the in-process (core) benchmarks.
+pub fn run_core(opts: &Options) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    rows.extend(core_paths::dma(opts)?);
+    rows.extend(core_paths::mmap_bar(opts)?);
+    rows.extend(core_paths::lifecycle(opts)?);
+    Ok(rows)
+}
+
+/// Prints rows as a table.
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "{:<44} {:>14} {:>14} {:>6} {:>8}  goal",
+        "benchmark", "ours", "baseline", "unit", "ratio"
+    );
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!(
+            "{:<44} {:>14.1} {:>14.1} {:>6} {:>8.3}  {} {}",
+            r.name, r.ours, r.baseline, r.unit, r.ratio, r.goal, met
+        );
+    }
+}

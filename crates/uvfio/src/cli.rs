@@ -1,0 +1,130 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::spec::DeviceSpec;
+
+/// uvfio — userspace VFIO devices over vfio-user.
+///
+/// Exit codes: 0 success, 1 runtime error, 2 usage error.
+#[derive(Debug, Parser)]
+#[command(name = "uvfio", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve devices over vfio-user until Ctrl-C/SIGTERM.
+    #[command(after_help = "Examples:\n  \
+        uvfio serve                                 # one mtty and one gpio device\n  \
+        uvfio serve --dir /tmp/u --device mtty:ser0,ports=2 --device gpio:io0\n  \
+        uvfio serve --config devices.toml --ready-file /tmp/u/ready")]
+    Serve(ServeArgs),
+    /// Create a device instance in a running server (like mdev's `create`).
+    #[command(after_help = "Example:\n  uvfio create --dir /tmp/u mtty ser1 --opt ports=2")]
+    Create(CreateArgs),
+    /// Remove a device instance from a running server (waits for its client).
+    #[command(after_help = "Example:\n  uvfio remove --dir /tmp/u ser1 --timeout 5")]
+    Remove(RemoveArgs),
+    /// List device types and instances of a running server.
+    #[command(after_help = "Example:\n  uvfio list --dir /tmp/u")]
+    List(DirArg),
+    /// Describe any vfio-user device like `lspci -vv`.
+    #[command(after_help = "Examples:\n  uvfio info /tmp/u/ser0.sock\n  \
+        uvfio info --json /tmp/u/ser0.sock\n  uvfio info --hexdump /tmp/u/ser0.sock")]
+    Info(InfoArgs),
+    /// Benchmark the message path, DMA and lifecycle against baselines.
+    #[command(
+        after_help = "Examples:\n  uvfio bench\n  uvfio bench --json\n  uvfio bench --socket /tmp/u/gpio0.sock"
+    )]
+    Bench(BenchArgs),
+}
+
+/// `--dir`, shared by the management commands.
+#[derive(Debug, Args)]
+pub struct DirArg {
+    /// Socket folder of the server [default: $XDG_RUNTIME_DIR/uvfio or /tmp/uvfio-$UID].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// `uvfio serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket folder [default: $XDG_RUNTIME_DIR/uvfio or /tmp/uvfio-$UID].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// A device: TYPE[:NAME][,key=value…]; repeatable. Without any (and
+    /// without --config), one mtty and one gpio device.
+    #[arg(long = "device", value_name = "SPEC")]
+    pub devices: Vec<DeviceSpec>,
+    /// TOML file with `dir` and `[[device]]` tables.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Written once every socket listens.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Seconds a client gets to release a device being removed before the
+    /// server disconnects it.
+    #[arg(long, default_value_t = 5.0)]
+    pub grace: f64,
+}
+
+/// `uvfio create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// Device type (see `uvfio list`).
+    pub ty: String,
+    /// Instance name [default: generated].
+    pub name: Option<String>,
+    /// Type option key=value; repeatable.
+    #[arg(long = "opt", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+}
+
+/// `uvfio remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// Instance name.
+    pub name: String,
+    /// Give up waiting for the client after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+}
+
+/// `uvfio info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The device's vfio-user socket.
+    pub socket: PathBuf,
+    /// One JSON object instead of text.
+    #[arg(long, conflicts_with = "hexdump")]
+    pub json: bool,
+    /// Raw config space, like `lspci -xxx`.
+    #[arg(long)]
+    pub hexdump: bool,
+}
+
+/// `uvfio bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Measure against this server instead of a fresh in-process one.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Round trips per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pub iterations: u32,
+}

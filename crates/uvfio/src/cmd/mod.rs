@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod info;
+pub mod manage;
+pub mod serve;

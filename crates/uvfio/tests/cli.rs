@@ -1,0 +1,248 @@
+//! The real `uvfio` binary: serve, info, create/remove/list, shutdown on
+//! SIGTERM, and the documented errors.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_uvfio"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn uvfio")
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        let ready = dir.join("ready");
+        let sock_dir = dir.join("s");
+        let mut args = vec![
+            "serve".to_owned(),
+            "--dir".into(),
+            sock_dir.display().to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+            "--grace".into(),
+            "0.5".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let child = bin()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "server never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            dir: sock_dir,
+        }
+    }
+
+    fn sock(&self, name: &str) -> String {
+        self.dir.join(format!("{name}.sock")).display().to_string()
+    }
+
+    fn dir_arg(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    /// SIGTERM, then the exit status and stdout.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                let mut out = String::new();
+                use std::io::Read;
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                return (st, out);
+            }
+            assert!(Instant::now() < deadline, "server did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn serve_default_set_info_create_remove_and_sigterm_cleanup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), &[]);
+
+    let info = run(&["info", &d.sock("mtty0")]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let text = stdout(&info);
+    assert!(text.contains("Device 4348:3253 (rev 10)"), "{text}");
+    assert!(text.contains("Serial controller [0700]"), "{text}");
+    assert!(
+        text.contains("Region 0: I/O ports at <unassigned> [size=8]"),
+        "{text}"
+    );
+
+    let info = run(&["info", "--json", &d.sock("gpio0")]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["vendor_id"], 0x1ee7);
+    assert!(
+        v["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == 5),
+        "MSI listed"
+    );
+    assert_eq!(v["bars"][0]["size"], 4096);
+
+    let hex = run(&["info", "--hexdump", &d.sock("mtty0")]);
+    assert!(
+        stdout(&hex).starts_with("00: 48 43 53 32"),
+        "{}",
+        stdout(&hex)
+    );
+
+    let created = run(&[
+        "create",
+        "--dir",
+        &d.dir_arg(),
+        "mtty",
+        "ser9",
+        "--opt",
+        "ports=2",
+    ]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert_eq!(stdout(&created).trim(), format!("ser9 {}", d.sock("ser9")));
+    assert!(Path::new(&d.sock("ser9")).exists());
+
+    let list = run(&["list", "--dir", &d.dir_arg()]);
+    let text = stdout(&list);
+    // 24 ports: mtty0 took 1, ser9 took 2.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mtty") && l.contains(" 21 ")),
+        "{text}"
+    );
+    assert!(text.contains("ser9"), "{text}");
+
+    let dup = run(&["create", "--dir", &d.dir_arg(), "gpio", "ser9"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(stderr(&dup).contains("exists"), "{}", stderr(&dup));
+
+    let removed = run(&["remove", "--dir", &d.dir_arg(), "ser9", "--timeout", "5"]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    assert!(!Path::new(&d.sock("ser9")).exists());
+    let gone = run(&["remove", "--dir", &d.dir_arg(), "ser9"]);
+    assert_eq!(gone.status.code(), Some(1));
+
+    let dir = d.dir.clone();
+    let (status, out) = d.stop();
+    assert!(status.success(), "exit {status:?}");
+    assert!(out.contains("mtty0 "), "{out}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "sockets left behind: {left:?}");
+}
+
+#[test]
+fn bad_arguments_give_documented_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s").display().to_string();
+    // Usage errors: exit 2.
+    assert_eq!(run(&["serve", "--bogus"]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["serve", "--device", "mtty,ports"]).status.code(),
+        Some(2)
+    );
+    // Runtime errors: exit 1 and one line naming the problem.
+    let o = run(&["serve", "--dir", &dir, "--device", "floppy"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("unknown device type \"floppy\""), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let o = run(&["serve", "--dir", &dir, "--device", "mtty,ports=3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("ports must be 1 or 2"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["list", "--dir", &dir]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no uvfio server"), "{}", stderr(&o));
+    // Every subcommand has help with examples.
+    for sub in ["serve", "create", "remove", "list", "info", "bench"] {
+        let o = run(&[sub, "--help"]);
+        assert!(o.status.success());
+        assert!(stdout(&o).contains("Example"), "{sub}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn live_socket_is_refused_and_stale_socket_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sdir = tmp.path().join("s");
+    std::fs::create_dir(&sdir).unwrap();
+    // A live listener owns gpio0.sock.
+    let live = UnixListener::bind(sdir.join("gpio0.sock")).unwrap();
+    let o = run(&[
+        "serve",
+        "--dir",
+        &sdir.display().to_string(),
+        "--device",
+        "gpio:gpio0",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("in use by a live server"),
+        "{}",
+        stderr(&o)
+    );
+    drop(live); // the file stays: now it is stale
+    assert!(sdir.join("gpio0.sock").exists());
+    let d = Daemon::start(tmp.path(), &["--device", "gpio:gpio0"]);
+    let info = run(&["info", &d.sock("gpio0")]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
