@@ -59,6 +59,20 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
+    /// Sets [`SessionConfig::max_data_xfer_size`].
+    #[must_use]
+    pub fn max_data_xfer_size(mut self, n: u32) -> Self {
+        self.max_data_xfer_size = n;
+        self
+    }
+
+    /// Sets [`SessionConfig::max_dma_maps`].
+    #[must_use]
+    pub fn max_dma_maps(mut self, n: u32) -> Self {
+        self.max_dma_maps = n;
+        self
+    }
+
     /// The capabilities sent in the VERSION reply.
     #[must_use]
     pub fn capabilities(&self) -> Capabilities {

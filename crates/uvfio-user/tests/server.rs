@@ -499,3 +499,112 @@ fn client_timeout_is_configurable() {
     .unwrap();
     c.device_info().unwrap();
 }
+
+#[test]
+fn transfers_larger_than_max_data_xfer_size_are_split_by_the_client() {
+    let f = fixture(|c| {
+        c.session(uvfio_user::session::SessionConfig::default().max_data_xfer_size(4096))
+    });
+    let _dev = register(&f.registry, "dev0", 1);
+    let c = connect(&f, "dev0");
+    assert_eq!(c.negotiated().theirs.max_data_xfer_size, 4096);
+    let data: Vec<u8> = (0..BAR0_SIZE as usize).map(|i| (i % 251) as u8).collect();
+    c.region_write(BAR0, 0, &data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    c.region_read(BAR0, 0, &mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+#[test]
+fn message_dma_larger_than_the_clients_xfer_size_is_chunked() {
+    let f = fixture(|c| c);
+    let _dev = register(&f.registry, "dev0", 1);
+    let mut cfg = ClientConfig::default();
+    cfg.capabilities.max_data_xfer_size = 1024;
+    let c = Client::connect_with(f.server.socket_path("dev0").unwrap(), cfg).unwrap();
+    let mem = Arc::new(SharedMemory::new("msg-dma", 0x2000).unwrap());
+    c.dma_map_message(0x40_0000, mem.clone(), DmaPerm::READ | DmaPerm::WRITE)
+        .unwrap();
+    let data: Vec<u8> = (0..DATA_BUF_SIZE as usize)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    c.region_write(BAR0, DATA_BUF, &data).unwrap();
+    c.region_write(BAR0, REG_DMA_ADDR, &0x40_0800u64.to_le_bytes())
+        .unwrap();
+    c.region_write(BAR0, REG_DMA_LEN, &(DATA_BUF_SIZE as u32).to_le_bytes())
+        .unwrap();
+    c.region_write(BAR0, REG_DOORBELL, &CMD_DMA_TO_CLIENT.to_le_bytes())
+        .unwrap();
+    let mut got = vec![0u8; data.len()];
+    mem.read_at(0x800, &mut got).unwrap();
+    assert_eq!(got, data);
+}
+
+/// A device with one 4-byte register and no fds of its own.
+struct Tiny;
+
+impl uvfio_core::DeviceOps for Tiny {
+    fn info(&self) -> uvfio_core::DeviceInfo {
+        uvfio_core::DeviceInfo {
+            flags: uvfio_core::DeviceFlags::PCI,
+            num_regions: 9,
+            num_irqs: 5,
+        }
+    }
+    fn region_info(&self, index: u32) -> uvfio_core::Result<uvfio_core::RegionInfo> {
+        Ok(if index == CONFIG {
+            uvfio_core::RegionInfo::rw(index, 4)
+        } else {
+            uvfio_core::RegionInfo::absent(index)
+        })
+    }
+    fn read(&self, _index: u32, _offset: u64, buf: &mut [u8]) -> uvfio_core::Result<()> {
+        buf.copy_from_slice(&0xcafe_f00du32.to_le_bytes()[..buf.len()]);
+        Ok(())
+    }
+}
+
+#[test]
+fn many_devices_and_256_concurrent_clients() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    const N: u32 = 256;
+    // Each connection costs a few fds on both sides; make room if the soft
+    // limit is low.
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current.is_some_and(|c| c < 4096) {
+        lim.current = lim.maximum.map(|m| m.min(4096));
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    let f = fixture(|c| c);
+    let devs: Vec<_> = (0..N)
+        .map(|i| {
+            f.registry
+                .init(Tiny, &format!("tiny{i}"), GroupId(1000 + i))
+                .unwrap()
+                .register()
+                .unwrap()
+        })
+        .collect();
+    let clients: Vec<Client> = (0..N).map(|i| connect(&f, &format!("tiny{i}"))).collect();
+    assert_eq!(f.server.connections(), N as usize);
+    std::thread::scope(|s| {
+        for chunk in clients.chunks(32) {
+            s.spawn(move || {
+                for c in chunk {
+                    let mut b = [0u8; 4];
+                    for _ in 0..10 {
+                        c.region_read(CONFIG, 0, &mut b).unwrap();
+                        assert_eq!(u32::from_le_bytes(b), 0xcafe_f00d);
+                    }
+                }
+            });
+        }
+    });
+    assert!(devs.iter().all(|d| d.open_count() == 1));
+    drop(clients);
+    wait_until("all released", || devs.iter().all(|d| d.open_count() == 0));
+    for d in devs {
+        let _ = d.unregister();
+    }
+    wait_until("no connections", || f.server.connections() == 0);
+}
