@@ -127,4 +127,10 @@ pub struct BenchArgs {
     /// Round trips per measurement.
     #[arg(long, default_value_t = 20_000)]
     pub iterations: u32,
+    /// Devices registered for the scale run (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    pub devices: u32,
+    /// Clients connected for the scale run.
+    #[arg(long, default_value_t = 256)]
+    pub clients: u32,
 }

@@ -8,6 +8,7 @@
 //! scheduler's choice, and the ratios compare like with like.
 
 mod core_paths;
+mod socket_paths;
 mod timing;
 
 pub use timing::{median_ns, Measurement};
@@ -54,6 +55,24 @@ pub fn run_core(opts: &Options) -> anyhow::Result<Vec<Row>> {
     rows.extend(core_paths::mmap_bar(opts)?);
     rows.extend(core_paths::lifecycle(opts)?);
     Ok(rows)
+}
+
+/// Runs the socket benchmarks against a fresh in-process server, or the
+/// message-path ones against `socket`.
+pub fn run_socket(opts: &Options, socket: Option<&std::path::Path>) -> anyhow::Result<Vec<Row>> {
+    match socket {
+        Some(s) => socket_paths::external(s, opts),
+        None => socket_paths::in_process(opts),
+    }
+}
+
+/// Runs the scale benchmark (1,000 devices, 256 clients by default).
+pub fn run_scale(devices: u32, clients: u32, seconds: f64) -> anyhow::Result<Vec<Row>> {
+    socket_paths::scale(
+        devices,
+        clients,
+        std::time::Duration::from_secs_f64(seconds),
+    )
 }
 
 /// Prints rows as a table.

@@ -8,9 +8,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opts = Options {
         iterations: args.iterations.max(100),
     };
-    let mut rows = Vec::new();
+    let mut rows = bench::run_socket(&opts, args.socket.as_deref())?;
     if args.socket.is_none() {
         rows.extend(bench::run_core(&opts)?);
+        if args.devices > 0 {
+            rows.extend(bench::run_scale(args.devices, args.clients, 2.0)?);
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

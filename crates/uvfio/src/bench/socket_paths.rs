@@ -1,0 +1,284 @@
+//! Benchmarks over a real vfio-user socket: region access round trips
+//! against a raw UNIX-socket ping-pong with the same request/reply sizes,
+//! and a many-devices/many-clients scale run.
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use uvfio_core::{GroupId, Registry};
+use uvfio_drivers::gpio;
+use uvfio_user::{Client, Server, ServerConfig};
+
+use super::{median_ns, Options, Row};
+
+/// Header (16) + REGION_READ/WRITE payload (16).
+const ACCESS: usize = 32;
+
+/// A raw ping-pong: the "client" writes `req` bytes, a thread on the other
+/// end reads them and writes `rep` bytes back. Same two-thread layout as a
+/// vfio-user client and a connection thread.
+fn ping_pong(req: usize, rep: usize, iters: u32) -> anyhow::Result<f64> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || {
+        let mut inb = vec![0u8; req];
+        let out = vec![0u8; rep];
+        while b.read_exact(&mut inb).is_ok() {
+            if b.write_all(&out).is_err() {
+                break;
+            }
+        }
+    });
+    let out = vec![0u8; req];
+    let mut inb = vec![0u8; rep];
+    let m = median_ns(7, iters, |n| {
+        for _ in 0..n {
+            a.write_all(&out).expect("ping");
+            a.read_exact(&mut inb).expect("pong");
+        }
+    });
+    drop(a);
+    let _ = echo.join();
+    Ok(m.ns_per_op)
+}
+
+fn row(name: String, ours: f64, base: f64, goal: &'static str, limit: Option<f64>) -> Row {
+    let ratio = ours / base;
+    Row {
+        name,
+        ours,
+        baseline: base,
+        unit: "ns/op",
+        ratio,
+        goal,
+        met: limit.map(|l| ratio <= l),
+    }
+}
+
+/// Region access round trips against `client` on region `index` (which must
+/// be at least 4 KiB for the 4 KiB row, else that row is skipped).
+fn access_rows(
+    client: &Client,
+    index: u32,
+    region_size: u64,
+    opts: &Options,
+) -> anyhow::Result<Vec<Row>> {
+    let iters = opts.iterations;
+    let mut rows = Vec::new();
+    let mut b4 = [0u8; 4];
+    client
+        .region_read(index, 0, &mut b4)
+        .context("probe read")?;
+    let base = ping_pong(ACCESS, ACCESS + 4, iters)?;
+    let ours = median_ns(7, iters, |n| {
+        for _ in 0..n {
+            client.region_read(index, 0, &mut b4).expect("region read");
+            black_box(&b4);
+        }
+    });
+    rows.push(row(
+        "message path: 4 B region read vs raw ping-pong".into(),
+        ours.ns_per_op,
+        base,
+        "<= 1.10",
+        Some(1.10),
+    ));
+    let base = ping_pong(ACCESS + 4, ACCESS, iters)?;
+    let ours = median_ns(7, iters, |n| {
+        for _ in 0..n {
+            client.region_write(index, 0, &b4).expect("region write");
+        }
+    });
+    rows.push(row(
+        "message path: 4 B region write vs raw ping-pong".into(),
+        ours.ns_per_op,
+        base,
+        "<= 1.10",
+        Some(1.10),
+    ));
+    if region_size >= 4096 {
+        let mut page = vec![0u8; 4096];
+        let base = ping_pong(ACCESS, ACCESS + 4096, iters / 2)?;
+        let ours = median_ns(7, iters / 2, |n| {
+            for _ in 0..n {
+                client
+                    .region_read(index, 0, &mut page)
+                    .expect("region read");
+                black_box(&page);
+            }
+        });
+        rows.push(row(
+            "message path: 4 KiB region read vs raw ping-pong".into(),
+            ours.ns_per_op,
+            base,
+            "<= 1.10",
+            Some(1.10),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Message-path rows against a fresh in-process server serving a gpio card
+/// (BAR0 is 4 KiB of registers).
+pub fn in_process(opts: &Options) -> anyhow::Result<Vec<Row>> {
+    let dir = tempdir()?;
+    let reg = Registry::default();
+    let server = Server::new(reg.clone(), ServerConfig::new(&dir))?;
+    let dev = gpio::create(&reg, "bench0", GroupId(1), &gpio::GpioOptions::default())?;
+    let client = Client::connect(server.socket_path("bench0").context("socket")?)?;
+    let rows = access_rows(&client, 0, 4096, opts);
+    client.shutdown();
+    drop(client);
+    drop(dev.unregister());
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    rows
+}
+
+/// Message-path rows against any server: reads config space (region 7).
+pub fn external(socket: &Path, opts: &Options) -> anyhow::Result<Vec<Row>> {
+    let client =
+        Client::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    let size = client.region_info(7).map(|r| r.info.size).unwrap_or(256);
+    let rows = access_rows(&client, 7, size, opts);
+    client.shutdown();
+    rows
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "uvfio-bench-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// One server with `devices` registered gpio cards and `clients` connected
+/// clients each reading a register in a loop for `duration`: total reads/s
+/// against one client alone, and resident memory per idle device and per
+/// connection.
+pub fn scale(devices: u32, clients: u32, duration: Duration) -> anyhow::Result<Vec<Row>> {
+    let dir = tempdir()?;
+    let reg = Registry::default();
+    let server = Server::new(reg.clone(), ServerConfig::new(&dir))?;
+    let rss0 = rss_bytes();
+    let mut devs = Vec::new();
+    for i in 0..devices {
+        devs.push(gpio::create(
+            &reg,
+            &format!("g{i}"),
+            GroupId(i + 1),
+            &gpio::GpioOptions::default(),
+        )?);
+    }
+    let rss_devs = rss_bytes();
+    let mut conns = Vec::new();
+    for i in 0..clients.min(devices) {
+        conns.push(Arc::new(Client::connect(
+            server.socket_path(&format!("g{i}")).context("socket")?,
+        )?));
+    }
+    let rss_conns = rss_bytes();
+
+    let run = |n: usize| -> anyhow::Result<f64> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let total = Arc::new(AtomicU64::new(0));
+        let start = Arc::new(Barrier::new(n + 1));
+        let threads: Vec<_> = conns[..n]
+            .iter()
+            .cloned()
+            .map(|c| {
+                let (stop, total, start) = (stop.clone(), total.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 4];
+                    let mut k = 0u64;
+                    start.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        if c.region_read(0, 0, &mut b).is_err() {
+                            break;
+                        }
+                        k += 1;
+                    }
+                    total.fetch_add(k, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+        for th in threads {
+            let _ = th.join();
+        }
+        Ok(total.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64())
+    };
+    let one = run(1)?;
+    let all = run(conns.len())?;
+    let per_dev = rss_devs.saturating_sub(rss0) as f64 / f64::from(devices.max(1));
+    let per_conn = rss_conns.saturating_sub(rss_devs) as f64 / conns.len().max(1) as f64;
+
+    for c in &conns {
+        c.shutdown();
+    }
+    drop(conns);
+    for d in devs {
+        drop(d.unregister());
+    }
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    Ok(vec![
+        Row {
+            name: format!("scale: {clients} clients vs 1 ({devices} devices; {cores} cores)"),
+            ours: all,
+            baseline: one,
+            unit: "ops/s",
+            ratio: all / one,
+            goal: "report",
+            met: None,
+        },
+        Row {
+            name: "scale: resident memory per idle device".into(),
+            ours: per_dev,
+            baseline: 65536.0,
+            unit: "bytes",
+            ratio: per_dev / 65536.0,
+            goal: "< 64 KiB",
+            met: Some(per_dev < 65536.0),
+        },
+        Row {
+            name: "scale: resident memory per connection".into(),
+            ours: per_conn,
+            baseline: 65536.0,
+            unit: "bytes",
+            ratio: per_conn / 65536.0,
+            goal: "< 64 KiB",
+            met: Some(per_conn < 65536.0),
+        },
+    ])
+}
