@@ -631,3 +631,238 @@ impl Ready {
         Ok(bitmap)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uvfio_core::{
+        DeviceInfo, DeviceOps, GroupId, IommuType, OpenOptions, RegionInfo, RegisteredDevice,
+        Registry,
+    };
+
+    /// One 4-byte read/write register in region 0.
+    struct Reg;
+
+    impl DeviceOps for Reg {
+        fn info(&self) -> DeviceInfo {
+            DeviceInfo {
+                flags: DeviceFlags::PCI,
+                num_regions: 9,
+                num_irqs: 5,
+            }
+        }
+        fn region_info(&self, index: u32) -> uvfio_core::Result<uvfio_core::RegionInfo> {
+            Ok(if index == 0 {
+                RegionInfo::rw(0, 4)
+            } else {
+                RegionInfo::absent(index)
+            })
+        }
+        fn read(&self, _: u32, _: u64, buf: &mut [u8]) -> uvfio_core::Result<()> {
+            buf.fill(0xab);
+            Ok(())
+        }
+    }
+
+    struct NoDma;
+
+    impl MessageDmaFactory for NoDma {
+        fn backing(&self, _: u64, size: u64, _: &Negotiated) -> Arc<dyn DmaBacking> {
+            Arc::new(uvfio_core::SharedMemory::new("t", size).unwrap())
+        }
+    }
+
+    fn setup() -> (Registry, RegisteredDevice<Reg>) {
+        let reg = Registry::default();
+        let dev = reg.init(Reg, "r0", GroupId(5)).unwrap().register().unwrap();
+        (reg, dev)
+    }
+
+    fn session(reg: &Registry) -> Session {
+        let reg = reg.clone();
+        let attach: AttachFn = Box::new(move || {
+            let container = Container::new();
+            let group = reg.open_group(GroupId(5))?;
+            group.set_container(&container)?;
+            container.set_iommu(IommuType::Type1v2)?;
+            let handle = group.get_device_with("r0", OpenOptions::default())?;
+            Ok(Attachment {
+                handle,
+                group,
+                container,
+            })
+        });
+        Session::new(SessionConfig::default(), attach, NoDma)
+    }
+
+    fn msg(req: &Request<'_>, id: u16, no_reply: bool) -> Message {
+        let mut bytes = Vec::new();
+        req.encode(id, no_reply, &mut bytes).unwrap();
+        let mut m = Message::default();
+        m.header.copy_from_slice(&bytes[..16]);
+        m.body = bytes[16..].to_vec();
+        m
+    }
+
+    fn version() -> Request<'static> {
+        Request::Version(Version::ours(Capabilities::default()))
+    }
+
+    fn errno_of(out: &Output) -> Option<u32> {
+        let h = RawHeader::parse(out.bytes[..16].try_into().unwrap());
+        (h.flags & proto::VFIO_USER_F_ERROR != 0).then_some(h.error)
+    }
+
+    #[test]
+    fn handle_command_before_version_replies_einval_and_closes() {
+        let (reg, _dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        let req = Request::DeviceGetInfo(proto::DeviceInfoRequest { argsz: 16 });
+        let step = s.handle(&mut msg(&req, 1, false), &mut out);
+        assert_eq!(step, Step::Close);
+        assert_eq!(errno_of(&out), Some(22));
+        assert_eq!(s.state(), SessionState::Closed);
+    }
+
+    #[test]
+    fn handle_version_attaches_and_device_info_answers() {
+        let (reg, dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        assert_eq!(
+            s.handle(&mut msg(&version(), 1, false), &mut out),
+            Step::Continue
+        );
+        assert_eq!(errno_of(&out), None);
+        assert_eq!(s.state(), SessionState::Ready);
+        assert!(s.take_new_limits().is_some());
+        assert_eq!(dev.open_count(), 1);
+        out.clear();
+        let req = Request::DeviceGetInfo(proto::DeviceInfoRequest { argsz: 32 });
+        assert_eq!(s.handle(&mut msg(&req, 2, false), &mut out), Step::Continue);
+        let limits = DecodeLimits::default();
+        let (h, m) = proto::decode_message(&out.bytes, 0, &limits).unwrap();
+        assert_eq!(h.msg_id, 2);
+        assert_eq!(
+            m,
+            proto::Message::Reply(Reply::DeviceGetInfo(proto::DeviceInfo::new(
+                proto::VFIO_DEVICE_FLAGS_PCI,
+                9,
+                5
+            )))
+        );
+        drop(s);
+        assert_eq!(dev.open_count(), 0);
+    }
+
+    #[test]
+    fn handle_version_while_group_is_busy_replies_ebusy_and_closes() {
+        let (reg, _dev) = setup();
+        let _held = reg.open_group(GroupId(5)).unwrap();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        assert_eq!(
+            s.handle(&mut msg(&version(), 1, false), &mut out),
+            Step::Close
+        );
+        assert_eq!(errno_of(&out), Some(Errno::BUSY.raw_os_error() as u32));
+    }
+
+    #[test]
+    fn handle_unknown_command_when_ready_replies_einval_and_continues() {
+        let (reg, _dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
+        out.clear();
+        let mut m = Message::default();
+        m.header[0..2].copy_from_slice(&9u16.to_le_bytes());
+        m.header[2..4].copy_from_slice(&77u16.to_le_bytes());
+        m.header[4..8].copy_from_slice(&16u32.to_le_bytes());
+        assert_eq!(s.handle(&mut m, &mut out), Step::Continue);
+        assert_eq!(errno_of(&out), Some(22));
+        assert_eq!(s.state(), SessionState::Ready);
+    }
+
+    #[test]
+    fn handle_desync_header_closes_without_reply() {
+        let (reg, _dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
+        out.clear();
+        let mut m = Message::default();
+        m.header[4..8].copy_from_slice(&8u32.to_le_bytes());
+        assert_eq!(s.handle(&mut m, &mut out), Step::Close);
+        assert!(out.bytes.is_empty());
+    }
+
+    #[test]
+    fn handle_no_reply_read_sends_nothing() {
+        let (reg, _dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
+        out.clear();
+        let req = Request::RegionRead(proto::RegionAccess {
+            offset: 0,
+            region: 0,
+            count: 4,
+        });
+        assert_eq!(s.handle(&mut msg(&req, 3, true), &mut out), Step::Continue);
+        assert!(out.bytes.is_empty());
+    }
+
+    #[test]
+    fn handle_region_read_fills_the_reply_in_place() {
+        let (reg, _dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
+        out.clear();
+        let req = Request::RegionRead(proto::RegionAccess {
+            offset: 0,
+            region: 0,
+            count: 4,
+        });
+        let _ = s.handle(&mut msg(&req, 4, false), &mut out);
+        assert_eq!(out.bytes.len(), 36);
+        assert_eq!(&out.bytes[32..], &[0xab; 4]);
+    }
+
+    #[test]
+    fn handle_rejected_fds_reply_einval() {
+        let (reg, _dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
+        out.clear();
+        let req = Request::DeviceGetInfo(proto::DeviceInfoRequest { argsz: 16 });
+        let mut m = msg(&req, 5, false);
+        m.fds_rejected = true;
+        assert_eq!(s.handle(&mut m, &mut out), Step::Continue);
+        assert_eq!(errno_of(&out), Some(22));
+    }
+
+    #[test]
+    fn handle_dma_map_without_fd_uses_the_factory_backing() {
+        let (reg, _dev) = setup();
+        let mut s = session(&reg);
+        let mut out = Output::default();
+        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
+        out.clear();
+        let req = Request::DmaMap(proto::DmaMap {
+            argsz: 32,
+            flags: proto::VFIO_USER_F_DMA_REGION_READ,
+            offset: 0,
+            address: 0x1000,
+            size: 0x1000,
+        });
+        let _ = s.handle(&mut msg(&req, 6, false), &mut out);
+        assert_eq!(errno_of(&out), None);
+        let maps = s.attachment().unwrap().container.dma_space().mappings();
+        assert_eq!(maps.len(), 1);
+        assert_eq!((maps[0].iova, maps[0].size), (0x1000, 0x1000));
+    }
+}
