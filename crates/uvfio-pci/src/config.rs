@@ -519,6 +519,16 @@ impl ConfigSpace {
         Self::set_mask(&mut self.w1c, offset, mask);
     }
 
+    /// All write masks.
+    pub fn wmask_bytes(&self) -> &[u8] {
+        &self.wmask
+    }
+
+    /// All RW1C masks.
+    pub fn w1c_bytes(&self) -> &[u8] {
+        &self.w1c
+    }
+
     /// The write mask of the byte at `offset` (0 past the end).
     pub fn wmask(&self, offset: u16) -> u8 {
         self.wmask.get(usize::from(offset)).copied().unwrap_or(0)

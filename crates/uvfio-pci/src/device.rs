@@ -26,18 +26,28 @@
 //! disables it (the status INTERRUPT bit follows the line either way). The
 //! same handle gates DMA on the bus-master bit.
 //!
+//! **Migration**: a function that returns a
+//! [`crate::migration::FunctionMigration`] from [`PciFunction::migration`]
+//! makes the device migratable ([`DeviceOps::migration`]); the wrapper
+//! carries config space, MSI-X, interrupt state and RAM BARs in the
+//! stream and, while the device is stopped, latches interrupts and refuses
+//! DMA through the [`PciHandle`] (see [`crate::migration`]).
+//!
 //! Locking: one mutex over config space, MSI-X table and INTx state. BAR
 //! handlers run without it, so they may raise interrupts; the
 //! `config_write` hook runs *with* it and must not use the [`PciHandle`].
+//! DMA through the handle holds a read lock that stopping the device takes
+//! for writing, so STOP waits for DMA in flight.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use uvfio_core::{
     DeviceFlags, DeviceInfo, DeviceOps, Dma, Errno, IrqFlags, IrqIndexConfig, IrqInfo, IrqLines,
-    OpenContext, RegionCap, RegionFlags, RegionInfo, RegionMmap, Result, SetIrqs, SharedMemory,
-    SparseArea,
+    MigrationOps, OpenContext, RegionCap, RegionFlags, RegionInfo, RegionMmap, Result, SetIrqs,
+    SharedMemory, SparseArea,
 };
 
 use crate::bar::{Bar, Rom, PCI_NUM_BARS};
@@ -46,6 +56,7 @@ use crate::cap::MsixCap;
 use crate::config::{BarInfo, ConfigSpace, PciConfig};
 use crate::error::PciError;
 use crate::index::*;
+use crate::migration::{FunctionMigration, Phase};
 use crate::regs::{Command, Status};
 
 /// The interrupt indexes of a function, as GET_IRQ_INFO reports them.
@@ -177,6 +188,14 @@ pub trait PciFunction: Send + Sync + 'static {
 
     /// The last user closed the device.
     fn close(&self) {}
+
+    /// Migration support: return the function's state (de)serialiser to
+    /// make the device migratable. The PCI layer adds config space, MSI-X,
+    /// interrupt state and RAM BARs to the stream and quiesces interrupts
+    /// and DMA while stopped ([`crate::migration`]). Default: none.
+    fn migration(&self) -> Option<&dyn FunctionMigration> {
+        None
+    }
 }
 
 /// How [`PciHandle::raise`] disposed of an interrupt.
@@ -186,20 +205,30 @@ pub enum Delivery {
     Signalled,
     /// Masked by the device's own state (MSI-X function/vector mask, MSI
     /// mask bit, INTx disable): latched as pending, delivered on unmask.
+    /// Also: the device is stopped for migration; delivered when it runs
+    /// again (on the destination, if it migrates meanwhile).
     Latched,
     /// Not signalled: no eventfd bound, or masked by SET_IRQS (the core
     /// keeps a pending bit for the latter).
     NotSignalled,
 }
 
-struct State {
-    config: ConfigSpace,
-    msix: Option<MsixTable>,
-    intx_asserted: bool,
-    intx_blocked: bool,
+pub(crate) struct State {
+    pub(crate) config: ConfigSpace,
+    pub(crate) msix: Option<MsixTable>,
+    pub(crate) intx_asserted: bool,
+    pub(crate) intx_blocked: bool,
+    /// Stopped for migration: interrupts are latched, DMA refused.
+    pub(crate) stopped: bool,
+    /// Vectors raised while stopped.
+    pub(crate) latched: BTreeSet<u32>,
+    /// ERR signalled while stopped.
+    pub(crate) err_latched: bool,
 }
 
 impl State {
+    /// Function reset: keeps `stopped` (the migration state is the
+    /// core's), drops what was latched.
     fn reset(&mut self) {
         self.config.reset();
         if let Some(t) = &mut self.msix {
@@ -207,20 +236,75 @@ impl State {
         }
         self.intx_asserted = false;
         self.intx_blocked = false;
+        self.latched.clear();
+        self.err_latched = false;
+    }
+
+    /// Whether INTx is the mechanism a raise would use now.
+    fn intx_mode(&self, irqs: &IrqLines) -> bool {
+        !(self.config.msix_enabled()
+            || irqs.enabled(VFIO_PCI_MSIX_IRQ_INDEX)
+            || self.config.msi_enabled()
+            || irqs.enabled(VFIO_PCI_MSI_IRQ_INDEX))
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     irqs: IrqLines,
-    counts: PciIrqs,
+    pub(crate) counts: PciIrqs,
     dma: Mutex<Option<Dma>>,
+    /// True while stopped; DMA holds it for reading during the access.
+    run: RwLock<bool>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run_write(&self) -> std::sync::RwLockWriteGuard<'_, bool> {
+        self.run.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Quiesces: waits for DMA in flight, then latches interrupts and
+    /// refuses DMA.
+    pub(crate) fn stop(&self) {
+        let mut run = self.run_write();
+        *run = true;
+        self.lock().stopped = true;
+    }
+
+    /// Back to running: delivers what became deliverable while stopped and
+    /// what was latched, in one critical section (so nothing overtakes).
+    pub(crate) fn resume(&self) {
+        let mut run = self.run_write();
+        *run = false;
+        let mut st = self.lock();
+        drop(run);
+        st.stopped = false;
+        self.deliver_pending(&mut st);
+        for v in std::mem::take(&mut st.latched) {
+            if let Err(e) = self.raise(&mut st, v) {
+                tracing::warn!(vector = v, "interrupt latched while stopped lost: {e}");
+            }
+        }
+        if std::mem::take(&mut st.err_latched) {
+            if let Err(e) = self.trigger(VFIO_PCI_ERR_IRQ_INDEX, 0) {
+                tracing::warn!("error interrupt latched while stopped lost: {e}");
+            }
+        }
+    }
+
+    /// Back to running without delivering anything (reset, close).
+    pub(crate) fn unstop(&self) {
+        let mut run = self.run_write();
+        *run = false;
+        let mut st = self.lock();
+        st.stopped = false;
+        st.latched.clear();
+        st.err_latched = false;
     }
 
     fn trigger(&self, index: u32, vector: u32) -> std::result::Result<Delivery, PciError> {
@@ -232,6 +316,21 @@ impl Shared {
     }
 
     fn raise(&self, st: &mut State, vector: u32) -> std::result::Result<Delivery, PciError> {
+        if st.stopped {
+            let max = self.counts.msix.max(self.counts.msi).max(1);
+            if vector >= max {
+                return Err(PciError::VectorInvalid {
+                    index: if self.counts.msix > 0 {
+                        VFIO_PCI_MSIX_IRQ_INDEX
+                    } else {
+                        VFIO_PCI_MSI_IRQ_INDEX
+                    },
+                    vector,
+                });
+            }
+            st.latched.insert(vector);
+            return Ok(Delivery::Latched);
+        }
         let cfg_msix = st.config.msix_enabled();
         if cfg_msix || self.irqs.enabled(VFIO_PCI_MSIX_IRQ_INDEX) {
             if vector >= self.counts.msix {
@@ -275,8 +374,12 @@ impl Shared {
         self.trigger(VFIO_PCI_INTX_IRQ_INDEX, 0)
     }
 
-    /// Delivers what became deliverable after a config or table write.
+    /// Delivers what became deliverable after a config or table write
+    /// (nothing while stopped: [`Shared::resume`] calls it again).
     fn deliver_pending(&self, st: &mut State) {
+        if st.stopped {
+            return;
+        }
         let mut fire: Vec<(u32, u32)> = Vec::new();
         if st.config.msix_enabled() && !st.config.msix_function_masked() {
             if let Some(t) = st.msix.as_mut() {
@@ -334,9 +437,13 @@ impl PciHandle {
     }
 
     /// Deasserts INTx: clears the status INTERRUPT bit and forgets an
-    /// interrupt held back by INTx-disable.
+    /// interrupt held back by INTx-disable (or, in INTx mode, latched
+    /// while stopped for migration: a level that went away).
     pub fn lower_intx(&self) {
         let mut st = self.shared.lock();
+        if st.stopped && st.intx_mode(&self.shared.irqs) {
+            st.latched.clear();
+        }
         st.intx_asserted = false;
         st.intx_blocked = false;
         st.config.set_status(Status::INTERRUPT, false);
@@ -347,7 +454,8 @@ impl PciHandle {
         self.shared.lock().intx_asserted
     }
 
-    /// Signals the ERR (AER) interrupt of a PCI Express function.
+    /// Signals the ERR (AER) interrupt of a PCI Express function (latched
+    /// while stopped for migration).
     pub fn signal_error(&self) -> std::result::Result<Delivery, PciError> {
         if !self.shared.counts.err {
             return Err(PciError::VectorInvalid {
@@ -355,7 +463,20 @@ impl PciHandle {
                 vector: 0,
             });
         }
+        let mut st = self.shared.lock();
+        if st.stopped {
+            st.err_latched = true;
+            return Ok(Delivery::Latched);
+        }
+        drop(st);
         self.shared.trigger(VFIO_PCI_ERR_IRQ_INDEX, 0)
+    }
+
+    /// Whether the device is stopped for migration (STOP, STOP_COPY,
+    /// RESUMING, or ERROR until reset): interrupts are latched and DMA is
+    /// refused.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.lock().stopped
     }
 
     /// Whether the function may DMA: the bus-master bit is set.
@@ -367,10 +488,20 @@ impl PciHandle {
             .contains(Command::MASTER)
     }
 
-    /// The DMA space, if the device is open and bus master is on.
+    /// The DMA space, if the device is open, bus master is on and the
+    /// device is not stopped for migration. The check is made once: a
+    /// function that keeps the [`Dma`] must stop using it when told to
+    /// stop ([`FunctionMigration::step`]); [`PciHandle::dma_read`] and
+    /// [`PciHandle::dma_write`] are checked for their whole duration.
     pub fn dma(&self) -> std::result::Result<Dma, PciError> {
-        if !self.bus_master_enabled() {
-            return Err(PciError::BusMasterDisabled);
+        {
+            let st = self.shared.lock();
+            if !st.config.command().contains(Command::MASTER) {
+                return Err(PciError::BusMasterDisabled);
+            }
+            if st.stopped {
+                return Err(PciError::Stopped);
+            }
         }
         self.shared
             .dma
@@ -380,17 +511,29 @@ impl PciHandle {
             .ok_or(PciError::NotOpen)
     }
 
-    /// Device read of guest memory (needs bus master).
+    fn run_read(&self) -> std::result::Result<std::sync::RwLockReadGuard<'_, bool>, PciError> {
+        let run = self.shared.run.read().unwrap_or_else(|e| e.into_inner());
+        if *run {
+            return Err(PciError::Stopped);
+        }
+        Ok(run)
+    }
+
+    /// Device read of guest memory (needs bus master; refused while
+    /// stopped for migration, and stopping waits for it).
     pub fn dma_read(&self, iova: u64, buf: &mut [u8]) -> std::result::Result<(), PciError> {
         let len = buf.len();
+        let _run = self.run_read()?;
         self.dma()?
             .read(iova, buf)
             .map_err(|errno| PciError::Dma { iova, len, errno })
     }
 
-    /// Device write of guest memory (needs bus master); the core marks the
-    /// pages dirty while logging.
+    /// Device write of guest memory (needs bus master; refused while
+    /// stopped for migration, and stopping waits for it); the core marks
+    /// the pages dirty while logging.
     pub fn dma_write(&self, iova: u64, data: &[u8]) -> std::result::Result<(), PciError> {
+        let _run = self.run_read()?;
         self.dma()?
             .write(iova, data)
             .map_err(|errno| PciError::Dma {
@@ -422,9 +565,9 @@ impl PciHandle {
 }
 
 #[derive(Debug)]
-struct BarSlot {
-    info: BarInfo,
-    memory: Option<Arc<SharedMemory>>,
+pub(crate) struct BarSlot {
+    pub(crate) info: BarInfo,
+    pub(crate) memory: Option<Arc<SharedMemory>>,
     mmap: Option<RegionMmap>,
     sparse: Vec<SparseArea>,
 }
@@ -486,13 +629,14 @@ pub fn for_each_piece(
 
 /// A PCI device: config space, BARs and interrupts around a function `F`.
 pub struct PciDevice<F: PciFunction> {
-    function: F,
-    shared: Arc<Shared>,
-    bars: [Option<BarSlot>; PCI_NUM_BARS],
-    rom: Option<Rom>,
-    msix: Option<MsixCap>,
+    pub(crate) function: F,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) bars: [Option<BarSlot>; PCI_NUM_BARS],
+    pub(crate) rom: Option<Rom>,
+    pub(crate) msix: Option<MsixCap>,
     quirks: PciQuirks,
     config_region_size: u64,
+    pub(crate) mig: Mutex<Phase>,
 }
 
 impl<F: PciFunction + std::fmt::Debug> std::fmt::Debug for PciDevice<F> {
@@ -551,10 +695,14 @@ impl<F: PciFunction> PciDevice<F> {
                 config: cs,
                 intx_asserted: false,
                 intx_blocked: false,
+                stopped: false,
+                latched: BTreeSet::new(),
+                err_latched: false,
             }),
             irqs: counts.lines(),
             counts,
             dma: Mutex::new(None),
+            run: RwLock::new(false),
         });
         let function = make(PciHandle {
             shared: shared.clone(),
@@ -567,6 +715,7 @@ impl<F: PciFunction> PciDevice<F> {
             msix,
             quirks: config.quirks,
             config_region_size,
+            mig: Mutex::new(Phase::Idle),
         })
     }
 
@@ -799,6 +948,8 @@ impl<F: PciFunction> DeviceOps for PciDevice<F> {
     }
 
     fn open_device(&self, ctx: &OpenContext) -> Result<()> {
+        // The core starts every open in RUNNING.
+        self.reset_migration();
         *self.shared.dma.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.dma.clone());
         if let Err(e) = self.function.open(ctx) {
             *self.shared.dma.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -812,6 +963,7 @@ impl<F: PciFunction> DeviceOps for PciDevice<F> {
         *self.shared.dma.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // Like vfio-pci's disable path: the next user gets a reset function.
         self.shared.lock().reset();
+        self.reset_migration();
     }
 
     fn region_info(&self, index: u32) -> Result<RegionInfo> {
@@ -889,7 +1041,15 @@ impl<F: PciFunction> DeviceOps for PciDevice<F> {
         if !self.function.supports_reset() {
             return Err(Errno::NOTTY);
         }
-        self.reset_all()
+        self.reset_all()?;
+        // The core lands a migratable device in RUNNING after a reset.
+        self.reset_migration();
+        Ok(())
+    }
+
+    fn migration(&self) -> Option<&dyn MigrationOps> {
+        self.function.migration()?;
+        Some(self)
     }
 
     fn request(&self, count: u32) {

@@ -87,6 +87,9 @@ pub enum PciError {
     /// DMA while the command register's bus-master bit is clear.
     #[error("bus master is disabled")]
     BusMasterDisabled,
+    /// DMA while the device is stopped for migration.
+    #[error("the device is stopped for migration")]
+    Stopped,
     /// DMA while no user has the device open (no DMA space).
     #[error("the device is not open")]
     NotOpen,
@@ -111,7 +114,7 @@ pub enum PciError {
 impl From<&PciError> for Errno {
     fn from(e: &PciError) -> Errno {
         match e {
-            PciError::BusMasterDisabled => Errno::IO,
+            PciError::BusMasterDisabled | PciError::Stopped => Errno::IO,
             PciError::NotOpen => Errno::NODEV,
             PciError::Dma { errno, .. } | PciError::Irq(errno) | PciError::Os(errno) => *errno,
             _ => Errno::INVAL,

@@ -14,6 +14,10 @@
 //!   ([`walk_capabilities`]), usable on config space read from any device.
 //! - [`PciHandle`]: what the function uses to raise interrupts (MSI-X, MSI
 //!   or INTx, whichever is enabled) and to DMA (only while bus master).
+//! - [`migration`]: live migration. A function returns a
+//!   [`FunctionMigration`] from [`PciFunction::migration`]; the wrapper
+//!   migrates config space, MSI-X, interrupt state and RAM BARs with it,
+//!   and quiesces interrupts and DMA while the device is stopped.
 //!
 //! ```
 //! use uvfio_core::{DeviceOps, GroupId, Registry, Container, IommuType};
@@ -69,6 +73,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod index;
+pub mod migration;
 pub mod regs;
 
 pub use bar::{Bar, BarKind, Rom, PCI_NUM_BARS};
@@ -82,6 +87,7 @@ pub use device::{
     for_each_piece, ConfigWrite, Delivery, PciDevice, PciFunction, PciHandle, PciIrqs, PciQuirks,
 };
 pub use error::PciError;
+pub use migration::{FunctionMigration, StateReader, StateWriter};
 pub use regs::{Command, Status};
 
 #[cfg(test)]

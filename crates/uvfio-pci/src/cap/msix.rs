@@ -194,6 +194,50 @@ impl MsixTable {
         }
     }
 
+    /// The table (16 bytes per entry: address low, address high, data,
+    /// vector control) followed by the PBA (little-endian u64s): the BAR
+    /// bytes of both structures.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * 16 + self.pba.len() * 8);
+        for e in &self.entries {
+            for w in e {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        for q in &self.pba {
+            out.extend_from_slice(&q.to_le_bytes());
+        }
+        out
+    }
+
+    /// The inverse of [`MsixTable::to_bytes`] for a table of `size`
+    /// entries; `None` if the length is wrong, a vector control has bits
+    /// other than the mask bit, or a pending bit lies past the table.
+    pub fn from_bytes(size: u32, bytes: &[u8]) -> Option<Self> {
+        let mut t = MsixTable::new(size);
+        let table = t.entries.len() * 16;
+        if bytes.len() != table + t.pba.len() * 8 {
+            return None;
+        }
+        let (tb, pb) = bytes.split_at(table);
+        for (e, chunk) in t.entries.iter_mut().zip(tb.chunks_exact(16)) {
+            for (w, b) in e.iter_mut().zip(chunk.chunks_exact(4)) {
+                *w = u32::from_le_bytes(b.try_into().ok()?);
+            }
+            if e[3] & !PCI_MSIX_ENTRY_CTRL_MASKBIT != 0 {
+                return None;
+            }
+        }
+        for (i, (q, b)) in t.pba.iter_mut().zip(pb.chunks_exact(8)).enumerate() {
+            *q = u64::from_le_bytes(b.try_into().ok()?);
+            let valid = size as usize - i * 64;
+            if valid < 64 && *q >> valid != 0 {
+                return None;
+            }
+        }
+        Some(t)
+    }
+
     /// Reads PBA bytes at `offset` (relative to the PBA).
     pub fn read_pba(&self, offset: u64, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {
