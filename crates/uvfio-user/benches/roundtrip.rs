@@ -2,9 +2,10 @@
 //! next to a raw UNIX-socket ping-pong with the same message sizes (32-byte
 //! request, 36-byte reply), measured in the same run.
 //!
-//! `cargo bench -p uvfio-user` (release). Prints ns per round trip for
-//! both and their ratio. Plain `Instant`, no statistics crate: each figure
-//! is the median of several timed batches.
+//! `cargo bench -p uvfio-user` (release). Batches of the two alternate, so
+//! both see the same machine load; the figures are medians over batches
+//! (ns per round trip) and the median of the per-batch ratios. Plain
+//! `Instant`, no statistics crate.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use uvfio_core::{DeviceFlags, DeviceInfo, DeviceOps, GroupId, RegionInfo, Registry};
 use uvfio_user::{Client, Server, ServerConfig};
 
-const BATCH: u32 = 20_000;
-const BATCHES: usize = 7;
+const BATCH: u32 = 10_000;
+const BATCHES: usize = 15;
 const CONFIG: u32 = 7;
 
 /// One 4-byte register in the config region.
@@ -41,51 +42,27 @@ impl DeviceOps for Reg {
     }
 }
 
-/// Median ns per operation over `BATCHES` batches of `BATCH` operations.
-fn measure(mut op: impl FnMut()) -> f64 {
-    for _ in 0..BATCH / 4 {
+/// ns per operation for one batch.
+fn batch(op: &mut impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..BATCH {
         op();
     }
-    let mut per_op: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..BATCH {
-                op();
-            }
-            t.elapsed().as_nanos() as f64 / f64::from(BATCH)
-        })
-        .collect();
-    per_op.sort_by(f64::total_cmp);
-    per_op[BATCHES / 2]
+    t.elapsed().as_nanos() as f64 / f64::from(BATCH)
 }
 
-fn bench_region_read() -> f64 {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::default();
-    let server = Server::new(registry.clone(), ServerConfig::new(dir.path())).expect("server");
-    let dev = registry
-        .init(Reg, "bench0", GroupId(1))
-        .expect("init")
-        .register()
-        .expect("register");
-    let client = Client::connect(server.socket_path("bench0").expect("served")).expect("connect");
-    let mut buf = [0u8; 4];
-    let ns = measure(|| {
-        client
-            .region_read(CONFIG, 0, &mut buf)
-            .expect("region_read");
-    });
-    assert_eq!(u32::from_le_bytes(buf), 0x5a5a_5a5a);
-    drop(client);
-    drop(server);
-    let _ = dev.unregister_with(&uvfio_core::UnregisterOptions {
-        timeout: Some(Duration::from_secs(5)),
-        ..Default::default()
-    });
-    ns
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
-fn bench_raw_ping_pong() -> f64 {
+fn main() {
+    // `cargo test --benches` runs this too; keep that quick.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+
+    // The raw ping-pong: an echo thread answering 32 bytes with 36.
     let (mut a, mut b) = UnixStream::pair().expect("socketpair");
     let echo = std::thread::spawn(move || {
         let mut req = [0u8; 32];
@@ -98,23 +75,62 @@ fn bench_raw_ping_pong() -> f64 {
     });
     let req = [1u8; 32];
     let mut rep = [0u8; 36];
-    let ns = measure(|| {
+    let mut raw = || {
         a.write_all(&req).expect("write");
         a.read_exact(&mut rep).expect("read");
+    };
+
+    // The same exchange as vfio-user: uvfio Client → Server → device.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::default();
+    let server = Server::new(registry.clone(), ServerConfig::new(dir.path())).expect("server");
+    let dev = registry
+        .init(Reg, "bench0", GroupId(1))
+        .expect("init")
+        .register()
+        .expect("register");
+    let client = Client::connect(server.socket_path("bench0").expect("served")).expect("connect");
+    let mut buf = [0u8; 4];
+    let mut region_read = || {
+        client
+            .region_read(CONFIG, 0, &mut buf)
+            .expect("region_read");
+    };
+
+    // Warm up both, then alternate batches.
+    batch(&mut raw);
+    batch(&mut region_read);
+    let mut raw_ns = Vec::with_capacity(BATCHES);
+    let mut vu_ns = Vec::with_capacity(BATCHES);
+    let mut ratios = Vec::with_capacity(BATCHES);
+    for _ in 0..BATCHES {
+        let r = batch(&mut raw);
+        let v = batch(&mut region_read);
+        raw_ns.push(r);
+        vu_ns.push(v);
+        ratios.push(v / r);
+    }
+    assert_eq!(u32::from_le_bytes(buf), 0x5a5a_5a5a);
+
+    println!(
+        "raw UNIX-socket ping-pong (32 B / 36 B):           {:>8.0} ns/round trip",
+        median(raw_ns)
+    );
+    println!(
+        "vfio-user REGION_READ 4 B (uvfio Client + Server):  {:>8.0} ns/round trip",
+        median(vu_ns)
+    );
+    println!(
+        "ratio REGION_READ / raw ping-pong (median of {BATCHES} batch pairs): {:.2}x",
+        median(ratios)
+    );
+
+    drop(client);
+    drop(server);
+    let _ = dev.unregister_with(&uvfio_core::UnregisterOptions {
+        timeout: Some(Duration::from_secs(5)),
+        ..Default::default()
     });
     drop(a);
     echo.join().expect("echo thread");
-    ns
-}
-
-fn main() {
-    // `cargo test --benches` runs this too; keep that quick.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
-        return;
-    }
-    let raw = bench_raw_ping_pong();
-    let vfio_user = bench_region_read();
-    println!("raw UNIX-socket ping-pong (32 B / 36 B): {raw:>9.0} ns/round trip");
-    println!("vfio-user REGION_READ 4 B (uvfio Client+Server): {vfio_user:>9.0} ns/round trip");
-    println!("ratio REGION_READ / raw ping-pong: {:.2}x", vfio_user / raw);
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use crate::transport::{self, FrameLimits, Message, TransportError};
+use crate::transport::{self, FrameLimits, Message, RecvBuffer, TransportError};
 
 /// Why a channel operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,11 +87,16 @@ struct State {
     pending: HashMap<u16, Option<Message>>,
     closed: Option<ChannelError>,
     limits: FrameLimits,
+    /// Threads blocked on the condition variable: a wake-up is a syscall,
+    /// so the hot path skips it when nobody waits.
+    waiters: usize,
 }
 
 /// A connection, see the module docs.
 pub(crate) struct Channel {
     sock: OwnedFd,
+    /// Read-ahead; locked only by the thread that holds the reader role.
+    rbuf: Mutex<RecvBuffer>,
     write_lock: Mutex<()>,
     state: Mutex<State>,
     cv: Condvar,
@@ -109,6 +114,7 @@ impl Channel {
     pub(crate) fn new(sock: OwnedFd, limits: FrameLimits, max_queued_bytes: usize) -> Channel {
         Channel {
             sock,
+            rbuf: Mutex::new(RecvBuffer::new()),
             write_lock: Mutex::new(()),
             state: Mutex::new(State {
                 reader_busy: false,
@@ -117,6 +123,7 @@ impl Channel {
                 pending: HashMap::new(),
                 closed: None,
                 limits,
+                waiters: 0,
             }),
             cv: Condvar::new(),
             next_id: AtomicU16::new(0),
@@ -176,7 +183,24 @@ impl Channel {
         let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Both);
         st.queue.clear();
         st.queued_bytes = 0;
-        self.cv.notify_all();
+        self.wake(st);
+    }
+
+    /// Reads one message as the reader (the caller set `reader_busy`).
+    fn read_one(
+        &self,
+        limits: &FrameLimits,
+        deadline: Option<Instant>,
+        msg: &mut Message,
+    ) -> Result<(), TransportError> {
+        let mut rb = self.rbuf.lock().unwrap_or_else(|e| e.into_inner());
+        rb.recv(self.sock.as_fd(), limits, deadline, msg)
+    }
+
+    fn wake(&self, st: &State) {
+        if st.waiters > 0 {
+            self.cv.notify_all();
+        }
     }
 
     fn route_reply(&self, st: &mut State, reply: Message) {
@@ -184,7 +208,9 @@ impl Channel {
         match st.pending.get_mut(&id) {
             Some(slot @ None) => {
                 *slot = Some(reply);
-                self.cv.notify_all();
+                if st.waiters > 0 {
+                    self.cv.notify_all();
+                }
             }
             _ => {
                 tracing::warn!(
@@ -213,10 +239,10 @@ impl Channel {
                 st.reader_busy = true;
                 let limits = st.limits;
                 drop(st);
-                let r = transport::recv_message(self.fd(), &limits, None, msg);
+                let r = self.read_one(&limits, None, msg);
                 st = self.lock();
                 st.reader_busy = false;
-                self.cv.notify_all();
+                self.wake(&st);
                 match r {
                     Ok(()) if msg.is_reply() => {
                         let reply = msg.take();
@@ -231,7 +257,9 @@ impl Channel {
                 }
                 continue;
             }
+            st.waiters += 1;
             st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiters -= 1;
         }
     }
 
@@ -285,10 +313,10 @@ impl Channel {
                 st.reader_busy = true;
                 let limits = st.limits;
                 drop(st);
-                let r = transport::recv_message(self.fd(), &limits, Some(deadline), reply);
+                let r = self.read_one(&limits, Some(deadline), reply);
                 st = self.lock();
                 st.reader_busy = false;
-                self.cv.notify_all();
+                self.wake(&st);
                 match r {
                     Ok(()) if reply.is_reply() && reply.msg_id() == id => {
                         st.pending.remove(&id);
@@ -313,7 +341,7 @@ impl Channel {
                             } else {
                                 st.queued_bytes = total;
                                 st.queue.push_back(reply.take());
-                                self.cv.notify_all();
+                                self.wake(&st);
                             }
                         }
                         Incoming::Handle(f) => {
@@ -328,11 +356,13 @@ impl Channel {
                 continue;
             }
             let left = deadline.saturating_duration_since(now);
+            st.waiters += 1;
             st = self
                 .cv
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            st.waiters -= 1;
         }
     }
 
@@ -359,10 +389,10 @@ impl Channel {
                 st.reader_busy = true;
                 let limits = st.limits;
                 drop(st);
-                let r = transport::recv_message(self.fd(), &limits, Some(deadline), &mut tmp);
+                let r = self.read_one(&limits, Some(deadline), &mut tmp);
                 st = self.lock();
                 st.reader_busy = false;
-                self.cv.notify_all();
+                self.wake(&st);
                 match r {
                     Ok(()) if tmp.is_reply() => {
                         let reply = tmp.take();
@@ -380,11 +410,13 @@ impl Channel {
                 continue;
             }
             let left = deadline.saturating_duration_since(now);
+            st.waiters += 1;
             st = self
                 .cv
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            st.waiters -= 1;
         }
     }
 }

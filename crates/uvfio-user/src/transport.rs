@@ -388,6 +388,189 @@ pub fn wait_readable(
     }
 }
 
+/// A read-ahead buffer for one stream: [`RecvBuffer::recv`] reads as much
+/// as the socket has (up to the buffer's room) and hands out one message at
+/// a time, so a request whose header and body arrive together costs one
+/// `recvmsg`, and pipelined messages cost none.
+///
+/// Fd attribution: Linux ends a stream read right after the first chunk
+/// (one `sendmsg`) that carried fds, so the fds a read returns belong to
+/// the chunk holding its last byte. They are given to the message that
+/// contains that byte. Every known peer sends a message and its fds with
+/// one `sendmsg`, so that is the message they came with; a peer that
+/// attaches fds elsewhere at worst sees its message rejected.
+#[derive(Debug)]
+pub struct RecvBuffer {
+    buf: Vec<u8>,
+    /// Valid bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Stream offset of `buf[start]`.
+    consumed: u64,
+    /// Fds by the stream offset just past the read that brought them;
+    /// `None` marks a read whose fds were dropped (MSG_CTRUNC or too many).
+    fds: std::collections::VecDeque<(u64, Option<Vec<OwnedFd>>)>,
+}
+
+/// Read-ahead room kept free for small messages.
+const READ_AHEAD: usize = 16 * 1024;
+
+impl Default for RecvBuffer {
+    fn default() -> Self {
+        RecvBuffer {
+            buf: vec![0; READ_AHEAD],
+            start: 0,
+            end: 0,
+            consumed: 0,
+            fds: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl RecvBuffer {
+    /// An empty buffer.
+    #[must_use]
+    pub fn new() -> RecvBuffer {
+        RecvBuffer::default()
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Makes room for at least `want` buffered bytes plus read-ahead.
+    fn reserve(&mut self, want: usize) {
+        let need = want.max(HEADER_SIZE).saturating_add(READ_AHEAD);
+        if self.buf.len() - self.start >= need {
+            return;
+        }
+        // Move the valid bytes to the front, then grow if still short.
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+    }
+
+    /// One `recvmsg` appending to the buffer; returns the bytes read.
+    fn fill(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        mid: bool,
+        limits: &FrameLimits,
+        progress: (usize, usize),
+    ) -> Result<usize, TransportError> {
+        let max_fds = limits.max_fds.min(SCM_MAX_FD);
+        let mut fds = Vec::new();
+        let mut too_many = false;
+        let end = self.end;
+        let n = recv_chunk(
+            sock,
+            &mut self.buf[end..],
+            mid,
+            limits.frame_timeout,
+            progress,
+            max_fds,
+            &mut fds,
+            &mut too_many,
+        )?;
+        self.end += n;
+        let at = self.consumed.saturating_add((self.end - self.start) as u64);
+        if too_many {
+            self.fds.push_back((at, None));
+        } else if !fds.is_empty() {
+            self.fds.push_back((at, Some(fds)));
+        }
+        Ok(n)
+    }
+
+    /// Reads one message into `msg`, like [`recv_message`] but through the
+    /// buffer: no syscall when a whole message is already buffered.
+    pub fn recv(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        limits: &FrameLimits,
+        deadline: Option<Instant>,
+        msg: &mut Message,
+    ) -> Result<(), TransportError> {
+        msg.body.clear();
+        msg.fds.clear();
+        msg.fds_rejected = false;
+
+        if self.buffered() == 0 {
+            if let Some(d) = deadline {
+                if !wait_readable(sock, Some(d))? {
+                    return Err(TransportError::Timeout);
+                }
+            }
+        }
+        while self.buffered() < HEADER_SIZE {
+            self.reserve(HEADER_SIZE);
+            let got = self.buffered();
+            if self.fill(sock, got > 0, limits, (got, HEADER_SIZE))? == 0 {
+                self.fds.clear();
+                return Err(if got == 0 {
+                    TransportError::Closed
+                } else {
+                    TransportError::Truncated {
+                        got,
+                        want: HEADER_SIZE,
+                    }
+                });
+            }
+        }
+        msg.header
+            .copy_from_slice(&self.buf[self.start..self.start + HEADER_SIZE]);
+        let msg_size = msg.msg_size();
+        let size = usize::try_from(msg_size).unwrap_or(usize::MAX);
+        if size < HEADER_SIZE || msg_size > limits.max_msg_size {
+            self.fds.clear();
+            return Err(TransportError::BadSize {
+                msg_size,
+                max: limits.max_msg_size,
+            });
+        }
+        while self.buffered() < size {
+            self.reserve(size);
+            let got = self.buffered();
+            if self.fill(sock, true, limits, (got, size))? == 0 {
+                self.fds.clear();
+                return Err(TransportError::Truncated { got, want: size });
+            }
+        }
+        msg.body
+            .extend_from_slice(&self.buf[self.start + HEADER_SIZE..self.start + size]);
+        self.start += size;
+        self.consumed = self.consumed.saturating_add(size as u64);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            // Give back the room a large message needed.
+            if self.buf.len() > 4 * READ_AHEAD {
+                self.buf.truncate(READ_AHEAD);
+                self.buf.shrink_to_fit();
+            }
+        }
+        // Fds that came with reads ending inside this message.
+        while let Some((at, _)) = self.fds.front() {
+            if *at > self.consumed {
+                break;
+            }
+            match self.fds.pop_front() {
+                Some((_, Some(f))) => msg.fds.extend(f),
+                Some((_, None)) => msg.fds_rejected = true,
+                None => break,
+            }
+        }
+        if msg.fds_rejected || msg.fds.len() > limits.max_fds.min(SCM_MAX_FD) {
+            msg.fds.clear();
+            msg.fds_rejected = true;
+        }
+        Ok(())
+    }
+}
+
 /// Sends `bytes` (one or more whole messages) with `fds` attached to the
 /// first byte. Short writes are continued; a send that times out
 /// (`SO_SNDTIMEO`) or fails is an error and the stream must be dropped.
@@ -552,6 +735,71 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e, TransportError::Timeout);
+    }
+
+    #[test]
+    fn recv_buffer_reads_pipelined_messages_and_keeps_fds_with_theirs() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let efd = uvfio_core::irq::eventfd().unwrap();
+        send_message(a.as_fd(), &frame(20, b"one!"), &[]).unwrap();
+        send_message(a.as_fd(), &frame(18, b"tw"), &[efd.as_fd()]).unwrap();
+        send_message(a.as_fd(), &frame(16, b""), &[]).unwrap();
+        let mut rb = RecvBuffer::new();
+        let limits = FrameLimits::default();
+        let mut m = Message::default();
+        rb.recv(b.as_fd(), &limits, None, &mut m).unwrap();
+        assert_eq!((m.body.as_slice(), m.fds.len()), (&b"one!"[..], 0));
+        rb.recv(b.as_fd(), &limits, None, &mut m).unwrap();
+        assert_eq!((m.body.as_slice(), m.fds.len()), (&b"tw"[..], 1));
+        rb.recv(b.as_fd(), &limits, None, &mut m).unwrap();
+        assert_eq!((m.msg_size(), m.fds.len()), (16, 0));
+        let e = rb
+            .recv(b.as_fd(), &limits, Some(Instant::now()), &mut m)
+            .unwrap_err();
+        assert_eq!(e, TransportError::Timeout);
+    }
+
+    #[test]
+    fn recv_buffer_grows_for_a_large_message() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let body = vec![7u8; 200_000];
+        let t = std::thread::spawn(move || {
+            send_message(a.as_fd(), &frame(16 + 200_000, &body), &[]).unwrap();
+            a
+        });
+        let mut rb = RecvBuffer::new();
+        let mut m = Message::default();
+        rb.recv(b.as_fd(), &FrameLimits::default(), None, &mut m)
+            .unwrap();
+        assert_eq!(m.body.len(), 200_000);
+        assert!(m.body.iter().all(|&x| x == 7));
+        drop(t.join().unwrap());
+        let e = rb
+            .recv(b.as_fd(), &FrameLimits::default(), None, &mut m)
+            .unwrap_err();
+        assert_eq!(e, TransportError::Closed);
+    }
+
+    #[test]
+    fn recv_buffer_too_many_fds_flags_only_that_message() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fds: Vec<OwnedFd> = (0..3)
+            .map(|_| uvfio_core::irq::eventfd().unwrap())
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        send_message(a.as_fd(), &frame(20, b"abcd"), &borrowed).unwrap();
+        send_message(a.as_fd(), &frame(16, b""), &borrowed[..1]).unwrap();
+        let limits = FrameLimits {
+            max_fds: 1,
+            ..FrameLimits::default()
+        };
+        let mut rb = RecvBuffer::new();
+        let mut m = Message::default();
+        rb.recv(b.as_fd(), &limits, None, &mut m).unwrap();
+        assert!(m.fds_rejected && m.fds.is_empty());
+        rb.recv(b.as_fd(), &limits, None, &mut m).unwrap();
+        assert!(!m.fds_rejected);
+        assert_eq!(m.fds.len(), 1);
     }
 
     #[test]
