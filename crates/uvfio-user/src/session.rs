@@ -484,7 +484,8 @@ impl Ready {
                     caps: region_caps(&r.caps),
                 };
                 let rep = info.reply_for(q.argsz).map_err(|_| Errno::OVERFLOW)?;
-                let send_fd = rep.send_fd();
+                // Never more fds than the client said it can take.
+                let send_fd = rep.send_fd() && self.negotiated.max_send_fds() >= 1;
                 reply(out, header, &Reply::DeviceGetRegionInfo(rep));
                 if send_fd && !header.no_reply {
                     if let Some(m) = r.mmap {
