@@ -35,13 +35,24 @@
 //! marks written pages dirty while logging), then sets DONE or ERROR and
 //! raises vector 0 (MSI-X, else INTx, which stays asserted until STATUS is
 //! cleared). Host memory is only touched while bus master is enabled.
+//!
+//! ## Migration
+//!
+//! STOP_COPY, PRE_COPY and P2P (no-op arcs). The PCI layer carries config
+//! space, the MSI-X table/PBA, latched interrupts and the RAM BAR's
+//! contents; the engine's section is [`DMA_MIG_MAGIC`], major 1, minor 0,
+//! then SRC, DST (u64), LEN, FLAGS, STATUS, ERROR and COMPLETED (u32). A
+//! doorbell rung while the device is stopped (or a copy the stop
+//! interrupted) leaves STATUS.BUSY set and runs when the engine runs
+//! again — on the destination if it migrates meanwhile: BUSY in the
+//! stream means "copy still to do".
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use uvfio_core::{GroupId, RegisteredDevice, Registry, Result, SharedMemory};
+use uvfio_core::{Errno, GroupId, MigState, RegisteredDevice, Registry, Result, SharedMemory};
 use uvfio_pci::{
-    Bar, Capability, ExtCapability, MsixCap, PciConfig, PciDevice, PciError, PciFunction,
-    PciHandle, PciHeader, PcieCap, PmCap,
+    Bar, Capability, ExtCapability, FunctionMigration, MsixCap, PciConfig, PciDevice, PciError,
+    PciFunction, PciHandle, PciHeader, PcieCap, PmCap, StateReader, StateWriter,
 };
 
 use crate::{DriverError, UVFIO_VENDOR_ID};
@@ -112,6 +123,15 @@ pub const DMA_ERR_WRITE: u32 = 4;
 pub const DMA_ERR_RAM_RANGE: u32 = 5;
 /// A doorbell while a copy was running.
 pub const DMA_ERR_BUSY: u32 = 6;
+/// Internal: the device was stopped under the copy; it runs on resume.
+const DEFERRED: u32 = u32::MAX;
+
+/// Magic of the engine's migration state (`"DMAE"`).
+pub const DMA_MIG_MAGIC: u32 = u32::from_le_bytes(*b"DMAE");
+/// Major version of the engine's migration state.
+pub const DMA_MIG_MAJOR: u16 = 1;
+/// Minor version of the engine's migration state.
+pub const DMA_MIG_MINOR: u16 = 0;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Regs {
@@ -213,8 +233,12 @@ impl DmaEngine {
         }
         let host_err = |e: PciError, code: u32| match e {
             PciError::BusMasterDisabled | PciError::NotOpen => DMA_ERR_BUS_MASTER,
+            PciError::Stopped => DEFERRED,
             _ => code,
         };
+        if self.irq.is_stopped() {
+            return Err(DEFERRED);
+        }
         let mut buf = vec![0u8; job.len as usize];
         if job.flags & DMA_FLAG_SRC_RAM != 0 {
             self.ram_range(job.src, job.len)?;
@@ -251,9 +275,19 @@ impl DmaEngine {
                 Some(*r)
             }
         };
+        self.execute(job);
+    }
+
+    /// Runs `job` (BUSY is set) and completes it, or reports the BUSY
+    /// error if `None`; leaves BUSY set if the device is stopped.
+    fn execute(&self, job: Option<Regs>) {
         if let Some(job) = job {
             let result = self.copy(job);
             let mut r = self.lock();
+            if result == Err(DEFERRED) {
+                tracing::debug!("dma: device stopped, transfer deferred");
+                return;
+            }
             r.status &= !DMA_STATUS_BUSY;
             match result {
                 Ok(()) => {
@@ -309,6 +343,72 @@ impl PciFunction for DmaEngine {
 
     fn reset(&self) -> Result<()> {
         *self.lock() = Regs::default();
+        Ok(())
+    }
+
+    fn migration(&self) -> Option<&dyn FunctionMigration> {
+        Some(self)
+    }
+}
+
+impl FunctionMigration for DmaEngine {
+    fn save_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        let r = *self.lock();
+        let mut w = StateWriter::new();
+        w.u32(DMA_MIG_MAGIC)
+            .u16(DMA_MIG_MAJOR)
+            .u16(DMA_MIG_MINOR)
+            .u64(r.src)
+            .u64(r.dst)
+            .u32(r.len)
+            .u32(r.flags)
+            .u32(r.status)
+            .u32(r.error)
+            .u32(r.completed);
+        out.extend_from_slice(&w.into_vec());
+        Ok(())
+    }
+
+    fn load_state(&self, data: &[u8]) -> Result<()> {
+        let mut rd = StateReader::new(data);
+        if rd.u32()? != DMA_MIG_MAGIC || rd.u16()? != DMA_MIG_MAJOR {
+            return Err(Errno::INVAL);
+        }
+        let _minor = rd.u16()?;
+        let r = Regs {
+            src: rd.u64()?,
+            dst: rd.u64()?,
+            len: rd.u32()?,
+            flags: rd.u32()?,
+            status: rd.u32()?,
+            error: rd.u32()?,
+            completed: rd.u32()?,
+        };
+        rd.finish()?;
+        let status_bits = DMA_STATUS_BUSY | DMA_STATUS_DONE | DMA_STATUS_ERROR;
+        if r.flags & !(DMA_FLAG_SRC_RAM | DMA_FLAG_DST_RAM) != 0
+            || r.status & !status_bits != 0
+            || r.error > DMA_ERR_BUSY
+        {
+            return Err(Errno::INVAL);
+        }
+        *self.lock() = r;
+        Ok(())
+    }
+
+    fn step(&self, from: MigState, to: MigState) -> Result<()> {
+        let resumes =
+            from == MigState::Stop && matches!(to, MigState::Running | MigState::RunningP2p);
+        if resumes {
+            // A copy rung (or interrupted) while stopped runs now.
+            let job = {
+                let r = self.lock();
+                (r.status & DMA_STATUS_BUSY != 0).then_some(*r)
+            };
+            if job.is_some() {
+                self.execute(job);
+            }
+        }
         Ok(())
     }
 }

@@ -30,13 +30,23 @@
 //! `device.driver().function()`). With the *loopback* option, every write
 //! to `OUTPUT` drives the inputs to the same levels, so a client alone can
 //! toggle outputs and see inputs change with an interrupt.
+//!
+//! ## Migration
+//!
+//! STOP_COPY, PRE_COPY and P2P (no-op arcs). The PCI layer carries config
+//! space (MSI configuration included) and latched interrupts; the card's
+//! own section is [`GPIO_MIG_MAGIC`], major 1, minor 0, then the input,
+//! output, IRQ enable and IRQ status registers (u16 each) and the
+//! loopback option (a destination takes the source's). While stopped,
+//! input changes still latch `IRQ_STATUS`, and their interrupt is
+//! delivered when the card runs again.
 
 use std::sync::{Mutex, MutexGuard};
 
-use uvfio_core::{GroupId, RegisteredDevice, Registry, Result};
+use uvfio_core::{Errno, GroupId, RegisteredDevice, Registry, Result};
 use uvfio_pci::{
-    Bar, Capability, Delivery, MsiCap, PciConfig, PciDevice, PciError, PciFunction, PciHandle,
-    PciHeader, PmCap,
+    Bar, Capability, Delivery, FunctionMigration, MsiCap, PciConfig, PciDevice, PciError,
+    PciFunction, PciHandle, PciHeader, PmCap, StateReader, StateWriter,
 };
 
 use crate::{DriverError, UVFIO_VENDOR_ID};
@@ -61,6 +71,12 @@ pub const GPIO_ID: u32 = 0x4750_0100;
 pub const GPIO_PINS: u8 = 16;
 /// Size of BAR0.
 pub const GPIO_BAR0_SIZE: u64 = 4096;
+/// Magic of the card's migration state (`"GPIO"`).
+pub const GPIO_MIG_MAGIC: u32 = u32::from_le_bytes(*b"GPIO");
+/// Major version of the card's migration state.
+pub const GPIO_MIG_MAJOR: u16 = 1;
+/// Minor version of the card's migration state.
+pub const GPIO_MIG_MINOR: u16 = 0;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Pins {
@@ -68,13 +84,13 @@ struct Pins {
     output: u16,
     irq_enable: u16,
     irq_status: u16,
+    loopback: bool,
 }
 
 /// The gpio function.
 #[derive(Debug)]
 pub struct Gpio {
     pins: Mutex<Pins>,
-    loopback: bool,
     irq: PciHandle,
 }
 
@@ -131,6 +147,16 @@ impl Gpio {
         self.lock().irq_status
     }
 
+    /// Inputs whose changes interrupt.
+    pub fn irq_enable(&self) -> u16 {
+        self.lock().irq_enable
+    }
+
+    /// Whether outputs drive the inputs.
+    pub fn loopback(&self) -> bool {
+        self.lock().loopback
+    }
+
     fn read_reg(&self, reg: u64) -> u32 {
         let p = self.lock();
         match reg {
@@ -140,9 +166,7 @@ impl Gpio {
             GPIO_REG_IRQ_STATUS => u32::from(p.irq_status),
             GPIO_REG_ID => GPIO_ID,
             GPIO_REG_CAPS => {
-                u32::from(GPIO_PINS)
-                    | (u32::from(GPIO_PINS) << 8)
-                    | (u32::from(self.loopback) << 16)
+                u32::from(GPIO_PINS) | (u32::from(GPIO_PINS) << 8) | (u32::from(p.loopback) << 16)
             }
             _ => 0,
         }
@@ -158,7 +182,7 @@ impl Gpio {
             match reg {
                 GPIO_REG_OUTPUT => {
                     p.output = merge(p.output);
-                    if self.loopback {
+                    if p.loopback {
                         loop_to = Some(p.output);
                     }
                 }
@@ -210,6 +234,49 @@ impl PciFunction for Gpio {
         }
         Ok(())
     }
+
+    fn migration(&self) -> Option<&dyn FunctionMigration> {
+        Some(self)
+    }
+}
+
+impl FunctionMigration for Gpio {
+    fn save_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        let p = *self.lock();
+        let mut w = StateWriter::new();
+        w.u32(GPIO_MIG_MAGIC)
+            .u16(GPIO_MIG_MAJOR)
+            .u16(GPIO_MIG_MINOR)
+            .u16(p.input)
+            .u16(p.output)
+            .u16(p.irq_enable)
+            .u16(p.irq_status)
+            .bool(p.loopback)
+            .bytes(&[0; 3]);
+        out.extend_from_slice(&w.into_vec());
+        Ok(())
+    }
+
+    fn load_state(&self, data: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(data);
+        if r.u32()? != GPIO_MIG_MAGIC || r.u16()? != GPIO_MIG_MAJOR {
+            return Err(Errno::INVAL);
+        }
+        let _minor = r.u16()?;
+        let p = Pins {
+            input: r.u16()?,
+            output: r.u16()?,
+            irq_enable: r.u16()?,
+            irq_status: r.u16()?,
+            loopback: r.bool()?,
+        };
+        if r.bytes(3)? != [0; 3] {
+            return Err(Errno::INVAL);
+        }
+        r.finish()?;
+        *self.lock() = p;
+        Ok(())
+    }
 }
 
 /// How to create a gpio card.
@@ -259,9 +326,9 @@ pub fn create(
     let device = PciDevice::new(pci_config(), |irq| Gpio {
         pins: Mutex::new(Pins {
             input: options.initial_inputs,
+            loopback: options.loopback,
             ..Default::default()
         }),
-        loopback: options.loopback,
         irq,
     })?;
     crate::register(registry, name, group, device)
@@ -385,5 +452,166 @@ mod tests {
         u.write32(0, 0x100, 0xffff);
         assert_eq!(u.read32(0, GPIO_REG_INPUT), 0);
         assert_eq!(u.read32(0, 0x100), 0);
+    }
+
+    mod migration {
+        use uvfio_core::{Errno, MigFlags, MigState};
+        use uvfio_pci::migration::SECTION_FUNCTION;
+        use uvfio_pci::regs::{PCI_COMMAND, PCI_MSI_ADDRESS_LO, PCI_MSI_DATA_64};
+
+        use super::*;
+        use crate::testutil::patch_section;
+
+        fn pair(
+            src: GpioOptions,
+            dst: GpioOptions,
+        ) -> (Registry, GpioDevice, User, GpioDevice, User) {
+            let registry = Registry::default();
+            let s = create(&registry, "src", GroupId(30), &src).unwrap();
+            let d = create(&registry, "dst", GroupId(31), &dst).unwrap();
+            let su = User::open(&registry, GroupId(30), "src");
+            let du = User::open(&registry, GroupId(31), "dst");
+            (registry, s, su, d, du)
+        }
+
+        fn msi_cap(d: &GpioDevice) -> u64 {
+            u64::from(
+                d.driver()
+                    .with_config(|c| c.capability_offset(PCI_CAP_ID_MSI))
+                    .unwrap(),
+            )
+        }
+
+        fn config(u: &User) -> Vec<u32> {
+            (0..64).map(|o| u.cfg_read32(o * 4)).collect()
+        }
+
+        fn pins(u: &User) -> [u32; 4] {
+            [
+                GPIO_REG_INPUT,
+                GPIO_REG_OUTPUT,
+                GPIO_REG_IRQ_ENABLE,
+                GPIO_REG_IRQ_STATUS,
+            ]
+            .map(|r| u.read32(0, r))
+        }
+
+        #[test]
+        fn pins_irq_state_loopback_and_msi_config_carry_over() {
+            let (_r, s, su, d, du) = pair(
+                GpioOptions {
+                    loopback: true,
+                    initial_inputs: 0,
+                },
+                GpioOptions::default(),
+            );
+            assert_eq!(su.handle.migration_flags().unwrap(), MigFlags::all());
+            let cap = msi_cap(&s);
+            su.cfg_write32(0x10, 0xfebf_0000);
+            su.cfg_write16(u64::from(PCI_COMMAND), 0x0406);
+            su.cfg_write32(cap + u64::from(PCI_MSI_ADDRESS_LO), 0xfee0_0000);
+            su.cfg_write16(cap + u64::from(PCI_MSI_DATA_64), 0x0041);
+            su.cfg_write16(cap + u64::from(PCI_MSI_FLAGS), 1);
+            let smsi = su.bind(VFIO_PCI_MSI_IRQ_INDEX, 1);
+            su.write32(0, GPIO_REG_IRQ_ENABLE, 0x00ff);
+            su.write32(0, GPIO_REG_OUTPUT, 0x0003); // loops to the inputs
+            assert_eq!(read_eventfd(&smsi[0]).unwrap(), 1);
+            s.driver().function().set_inputs(0x8003).unwrap();
+            let (cfg, regs) = (config(&su), pins(&su));
+            assert_eq!(regs, [0x8003, 0x0003, 0x00ff, 0x0003]);
+
+            let stream = su.save(true);
+            assert_eq!(du.resume(&stream).unwrap(), MigState::Running);
+            assert_eq!(pins(&du), regs);
+            assert_eq!(config(&du), cfg, "config space incl. BAR, command, MSI");
+            let df = d.driver().function();
+            assert!(df.loopback());
+            assert_eq!(du.read32(0, GPIO_REG_CAPS) >> 16, 1);
+            assert!(d.driver().with_config(|c| c.msi_enabled()));
+            assert_eq!(
+                d.driver().with_config(|c| c.msi_message()),
+                Some((0xfee0_0000, 0x41))
+            );
+            // The destination interrupts through the migrated MSI config.
+            let dmsi = du.bind(VFIO_PCI_MSI_IRQ_INDEX, 1);
+            assert_eq!(df.set_inputs(0x8007).unwrap(), Some(Delivery::Signalled));
+            assert_eq!(read_eventfd(&dmsi[0]).unwrap(), 1);
+            du.write32(0, GPIO_REG_OUTPUT, 0x0000);
+            assert_eq!(du.read32(0, GPIO_REG_INPUT), 0, "loopback on destination");
+        }
+
+        #[test]
+        fn input_change_while_stopped_interrupts_after_resume() {
+            let (_r, d, u) = make(GpioOptions::default());
+            let intx = u.bind(VFIO_PCI_INTX_IRQ_INDEX, 1);
+            u.write32(0, GPIO_REG_IRQ_ENABLE, 0x0001);
+            u.handle.set_mig_state(MigState::Stop).unwrap();
+            let f = d.driver().function();
+            assert_eq!(f.set_inputs(1).unwrap(), Some(Delivery::Latched));
+            assert_eq!(read_eventfd(&intx[0]).unwrap(), 0);
+            assert_eq!(u.read32(0, GPIO_REG_IRQ_STATUS), 1, "latched in the card");
+            assert_eq!(
+                u.cfg_read16(u64::from(PCI_STATUS)) & 0x08,
+                0,
+                "line not up yet"
+            );
+            u.handle.set_mig_state(MigState::Running).unwrap();
+            assert_eq!(read_eventfd(&intx[0]).unwrap(), 1);
+            assert!(u.cfg_read16(u64::from(PCI_STATUS)) & 0x08 != 0);
+        }
+
+        #[test]
+        fn status_cleared_while_stopped_drops_the_intx_level() {
+            let (_r, d, u) = make(GpioOptions::default());
+            let intx = u.bind(VFIO_PCI_INTX_IRQ_INDEX, 1);
+            u.write32(0, GPIO_REG_IRQ_ENABLE, 0x0001);
+            u.handle.set_mig_state(MigState::Stop).unwrap();
+            d.driver().function().set_inputs(1).unwrap();
+            u.write32(0, GPIO_REG_IRQ_STATUS, 1);
+            u.handle.set_mig_state(MigState::Running).unwrap();
+            assert_eq!(read_eventfd(&intx[0]).unwrap(), 0);
+        }
+
+        #[test]
+        fn bad_gpio_state_fails_resume_and_leaves_pins_alone() {
+            let (r, s, su, d, mut du) = pair(GpioOptions::default(), GpioOptions::default());
+            s.driver().function().set_inputs(0x1234).unwrap();
+            let good = su.save(false);
+            d.driver().function().set_inputs(0x0042).unwrap();
+            for (what, stream) in [
+                (
+                    "magic",
+                    patch_section(&good, SECTION_FUNCTION, |p| p[0] = b'X'),
+                ),
+                (
+                    "major",
+                    patch_section(&good, SECTION_FUNCTION, |p| p[4] = 2),
+                ),
+                (
+                    "loopback",
+                    patch_section(&good, SECTION_FUNCTION, |p| p[16] = 2),
+                ),
+                (
+                    "reserved",
+                    patch_section(&good, SECTION_FUNCTION, |p| p[19] = 1),
+                ),
+                (
+                    "short",
+                    patch_section(&good, SECTION_FUNCTION, |p| p.truncate(10)),
+                ),
+                (
+                    "long",
+                    patch_section(&good, SECTION_FUNCTION, |p| p.push(0)),
+                ),
+            ] {
+                assert_eq!(du.resume(&stream).unwrap_err(), Errno::INVAL, "{what}");
+                assert_eq!(du.handle.mig_state().unwrap(), MigState::Error);
+                assert_eq!(d.driver().function().inputs(), 0x0042, "{what}");
+                drop(du);
+                du = User::open(&r, GroupId(31), "dst");
+            }
+            assert_eq!(du.resume(&good).unwrap(), MigState::Running);
+            assert_eq!(du.read32(0, GPIO_REG_INPUT), 0x1234);
+        }
     }
 }

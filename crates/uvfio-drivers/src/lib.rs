@@ -16,6 +16,11 @@
 //! - [`dma`]: a memcpy engine that copies between IOVAs (and its RAM BAR)
 //!   with an MSI-X completion interrupt.
 //!
+//! All three support live migration (STOP_COPY, PRE_COPY, P2P) through
+//! [`uvfio_pci::migration`]: the PCI layer carries config space, MSI-X,
+//! interrupt state and RAM BARs and quiesces the device while stopped;
+//! each driver adds its own registers in a versioned section.
+//!
 //! ```
 //! use uvfio_core::{GroupId, Registry};
 //! use uvfio_drivers::mtty::{self, MttyOptions, MttyPool, MttyType};

@@ -4,9 +4,12 @@ use std::os::fd::OwnedFd;
 
 use uvfio_core::irq::eventfd;
 use uvfio_core::{
-    Container, DeviceHandle, Group, GroupId, IommuType, IrqAction, IrqData, Registry, SetIrqs,
+    Container, DeviceHandle, Errno, Group, GroupId, IommuType, IrqAction, IrqData, MigState,
+    Registry, SetIrqs,
 };
 use uvfio_pci::index::VFIO_PCI_CONFIG_REGION_INDEX;
+use uvfio_pci::migration::{parse_stream, PCI_MIG_HEADER_LEN, SECTION_END};
+use uvfio_pci::StateWriter;
 
 pub(crate) struct User {
     pub(crate) handle: DeviceHandle,
@@ -102,4 +105,66 @@ impl User {
     pub(crate) fn irq_count(&self, index: u32) -> u32 {
         self.handle.irq_info(index).unwrap().count
     }
+}
+
+/// Migration, as a VMM drives it.
+impl User {
+    /// Reads the saving stream until EOF (STOP_COPY) or ENOMSG (PRE_COPY).
+    pub(crate) fn drain(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 37];
+        loop {
+            match self.handle.mig_read(&mut buf) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e == Errno::NOMSG => return out,
+                Err(e) => panic!("mig_read: {e}"),
+            }
+        }
+    }
+
+    /// Source side: RUNNING → (PRE_COPY →) STOP_COPY, the whole stream.
+    pub(crate) fn save(&self, precopy: bool) -> Vec<u8> {
+        let mut stream = Vec::new();
+        if precopy {
+            self.handle.set_mig_state(MigState::PreCopy).unwrap();
+            let (initial, _) = self.handle.precopy_info().unwrap();
+            stream = self.drain();
+            assert_eq!(stream.len() as u64, initial);
+            assert_eq!(
+                self.handle.mig_read(&mut [0u8; 8]).unwrap_err(),
+                Errno::NOMSG,
+                "PRE_COPY ends for now"
+            );
+        }
+        self.handle.set_mig_state(MigState::StopCopy).unwrap();
+        stream.extend(self.drain());
+        stream
+    }
+
+    /// Destination side: RESUMING, write the stream, → RUNNING.
+    pub(crate) fn resume(&self, stream: &[u8]) -> uvfio_core::Result<MigState> {
+        self.handle.set_mig_state(MigState::Resuming).unwrap();
+        for chunk in stream.chunks(50) {
+            self.handle.mig_write(chunk).unwrap();
+        }
+        self.handle.set_mig_state(MigState::Running)
+    }
+}
+
+/// Rewrites section `id` of a (valid) stream with `f`.
+pub(crate) fn patch_section(stream: &[u8], id: u32, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut w = StateWriter::new();
+    w.bytes(&stream[..PCI_MIG_HEADER_LEN]);
+    let mut f = Some(f);
+    for s in parse_stream(stream).unwrap() {
+        let mut p = s.payload.to_vec();
+        if s.id == id {
+            (f.take().unwrap())(&mut p);
+        }
+        w.u32(s.id).u32(p.len() as u32).bytes(&p);
+    }
+    assert!(f.is_none(), "no section {id}");
+    w.u32(SECTION_END).u32(0);
+    w.into_vec()
 }

@@ -241,3 +241,138 @@ fn ram_size_not_power_of_two_is_invalid_option() {
         }
     ));
 }
+
+mod migration {
+    use uvfio_core::{Errno, MigState};
+    use uvfio_pci::migration::SECTION_FUNCTION;
+
+    use super::*;
+    use crate::testutil::patch_section;
+
+    /// Enables MSI-X with vector 0 unmasked.
+    fn msix_on(r: &Rig) {
+        let cap = u64::from(
+            r.dev
+                .driver()
+                .with_config(|c| c.capability_offset(PCI_CAP_ID_MSIX))
+                .unwrap(),
+        );
+        r.user
+            .cfg_write16(cap + u64::from(PCI_MSIX_FLAGS), PCI_MSIX_FLAGS_ENABLE);
+        r.user.write32(0, u64::from(DMA_MSIX_TABLE) + 12, 0);
+    }
+
+    #[test]
+    fn doorbell_while_stopped_runs_on_destination_with_ram_and_registers() {
+        let src = rig();
+        let dst = rig();
+        // Both sides see the same guest memory, as after RAM migration.
+        dst.user.container.unmap_dma(IOVA, 4 * 4096).unwrap();
+        dst.user
+            .container
+            .map_dma(
+                IOVA,
+                4 * 4096,
+                DmaPerm::READ | DmaPerm::WRITE,
+                src.mem.clone(),
+                0,
+            )
+            .unwrap();
+        let smsix = src.user.bind(VFIO_PCI_MSIX_IRQ_INDEX, 1);
+        src.bus_master();
+        msix_on(&src);
+        src.mem.write_at(0, b"payload").unwrap();
+        src.program(IOVA, IOVA + 0x100, 7, 0);
+        assert_eq!(read_eventfd(&smsix[0]).unwrap(), 1);
+        src.user
+            .handle
+            .write(u32::from(DMA_RAM_BAR), 0x40, b"in the ram bar")
+            .unwrap();
+
+        src.user.handle.set_mig_state(MigState::Stop).unwrap();
+        src.program(IOVA, IOVA + 0x1000, 7, 0);
+        assert_eq!(
+            src.status().0 & DMA_STATUS_BUSY,
+            DMA_STATUS_BUSY,
+            "deferred"
+        );
+        let mut b = [0u8; 7];
+        src.mem.read_at(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0; 7], "no DMA while stopped");
+        assert_eq!(
+            read_eventfd(&smsix[0]).unwrap(),
+            0,
+            "no interrupt while stopped"
+        );
+        src.user.handle.set_mig_state(MigState::StopCopy).unwrap();
+        let stream = src.user.drain();
+
+        let dmsix = dst.user.bind(VFIO_PCI_MSIX_IRQ_INDEX, 1);
+        assert_eq!(dst.user.resume(&stream).unwrap(), MigState::Running);
+        src.mem.read_at(0x1000, &mut b).unwrap();
+        assert_eq!(&b, b"payload", "the destination ran the copy");
+        assert_eq!(dst.status(), (DMA_STATUS_DONE, DMA_ERR_NONE));
+        assert_eq!(dst.user.read32(0, DMA_REG_COMPLETED), 2);
+        assert_eq!(read_eventfd(&dmsix[0]).unwrap(), 1);
+        assert_eq!(dst.user.read32(0, DMA_REG_DST_LO), (IOVA + 0x1000) as u32);
+        let mut ram = [0u8; 14];
+        dst.user
+            .handle
+            .read(u32::from(DMA_RAM_BAR), 0x40, &mut ram)
+            .unwrap();
+        assert_eq!(&ram, b"in the ram bar");
+        assert_eq!(read_eventfd(&smsix[0]).unwrap(), 0);
+    }
+
+    #[test]
+    fn deferred_copy_runs_when_the_source_resumes() {
+        let r = rig();
+        r.bus_master();
+        r.mem.write_at(0, b"abc").unwrap();
+        r.user.handle.set_mig_state(MigState::Stop).unwrap();
+        r.program(IOVA, IOVA + 0x200, 3, 0);
+        r.user.handle.set_mig_state(MigState::Running).unwrap();
+        let mut b = [0u8; 3];
+        r.mem.read_at(0x200, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        assert_eq!(r.status(), (DMA_STATUS_DONE, DMA_ERR_NONE));
+    }
+
+    #[test]
+    fn bad_engine_state_fails_resume_and_reset_recovers() {
+        let src = rig();
+        let dst = rig();
+        src.user.write32(0, DMA_REG_LEN, 99);
+        let good = src.user.save(true);
+        for (what, stream) in [
+            (
+                "magic",
+                patch_section(&good, SECTION_FUNCTION, |p| p[1] = 0),
+            ),
+            (
+                "flags",
+                patch_section(&good, SECTION_FUNCTION, |p| p[28] = 4),
+            ),
+            (
+                "status",
+                patch_section(&good, SECTION_FUNCTION, |p| p[32] = 8),
+            ),
+            (
+                "short",
+                patch_section(&good, SECTION_FUNCTION, |p| p.truncate(40)),
+            ),
+        ] {
+            assert_eq!(
+                dst.user.resume(&stream).unwrap_err(),
+                Errno::INVAL,
+                "{what}"
+            );
+            assert_eq!(dst.user.handle.mig_state().unwrap(), MigState::Error);
+            dst.user.handle.reset().unwrap();
+            assert_eq!(dst.user.handle.mig_state().unwrap(), MigState::Running);
+            assert_eq!(dst.user.read32(0, DMA_REG_LEN), 0, "{what}");
+        }
+        assert_eq!(dst.user.resume(&good).unwrap(), MigState::Running);
+        assert_eq!(dst.user.read32(0, DMA_REG_LEN), 99);
+    }
+}

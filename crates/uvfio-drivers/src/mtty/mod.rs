@@ -21,6 +21,19 @@
 //! MSI are exclusive; MSI-X, ERR and REQ report EINVAL (IRQ info) and
 //! ENOTTY (SET_IRQS).
 //!
+//! **Migration** (as the sample since v6.7): STOP_COPY, PRE_COPY and P2P
+//! (no-op arcs). The PCI layer carries config space and interrupt state
+//! and quiesces the interrupt while stopped; the function section is the
+//! sample's layout: a header {[`MTTY_MIG_MAGIC`], major 1, minor 0,
+//! `nr_ports`, flags 0} and one [`uart::UART_STATE_LEN`]-byte record per
+//! port (registers, FIFO contents and counters, divisor, DLAB, overrun).
+//! A destination with another port count, a bad header or an impossible
+//! port record refuses the stream (EINVAL). Interrupts raised while the
+//! card is stopped are delivered when it runs again in MSI mode; in INTx
+//! mode they are dropped, as the sample's INTx is a pulse (raise, then
+//! lower) and a lowered line has nothing to deliver. mtty reports no
+//! RESET, so a destination left in ERROR recovers by being reopened.
+//!
 //! **Types**: "1" (one port) and "2" (two ports) draw from a shared pool of
 //! [`MAX_MTTYS`] ports ([`MttyPool`]); `available_instances` is free ports
 //! divided by ports per type. A device holds its ports until it is dropped
@@ -32,14 +45,26 @@ pub mod uart;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use uvfio_core::{GroupId, RegisteredDevice, Registry, Result};
-use uvfio_pci::{ConfigSpace, ConfigWrite, PciDevice, PciFunction, PciHandle};
+use uvfio_core::{Errno, GroupId, RegisteredDevice, Registry, Result};
+use uvfio_pci::{
+    ConfigSpace, ConfigWrite, FunctionMigration, PciDevice, PciFunction, PciHandle, StateReader,
+    StateWriter,
+};
 
 use crate::DriverError;
 use uart::Uart;
 
 /// Ports in the pool, as the sample's `MAX_MTTYS`.
 pub const MAX_MTTYS: u32 = 24;
+
+/// Magic of mtty's migration state (the sample's `MTTY_MAGIC`).
+pub const MTTY_MIG_MAGIC: u64 = 0x7e9d_0989_8c3e_2c4e;
+/// Major version of mtty's migration state.
+pub const MTTY_MIG_MAJOR: u16 = 1;
+/// Minor version of mtty's migration state.
+pub const MTTY_MIG_MINOR: u16 = 0;
+/// Bytes of mtty's migration header.
+pub const MTTY_MIG_HEADER_LEN: usize = 20;
 
 /// An mtty type: how many ports an instance has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,6 +244,54 @@ impl PciFunction for Mtty {
 
     fn config_write(&self, config: &mut ConfigSpace, offset: u16, data: &[u8]) -> ConfigWrite {
         config::config_write(self.ty, config, offset, data)
+    }
+
+    fn migration(&self) -> Option<&dyn FunctionMigration> {
+        Some(self)
+    }
+}
+
+impl FunctionMigration for Mtty {
+    fn save_state(&self, out: &mut Vec<u8>) -> Result<()> {
+        let mut w = StateWriter::new();
+        w.u64(MTTY_MIG_MAGIC)
+            .u16(MTTY_MIG_MAJOR)
+            .u16(MTTY_MIG_MINOR)
+            .u32(self.ports.len() as u32)
+            .u32(0);
+        // Lock every port first: one consistent snapshot.
+        let ports: Vec<_> = (0..self.ports.len())
+            .filter_map(|i| self.uart(i as u8))
+            .collect();
+        for p in &ports {
+            w.bytes(&p.to_bytes());
+        }
+        out.extend_from_slice(&w.into_vec());
+        Ok(())
+    }
+
+    fn load_state(&self, data: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(data);
+        if r.u64()? != MTTY_MIG_MAGIC || r.u16()? != MTTY_MIG_MAJOR {
+            return Err(Errno::INVAL);
+        }
+        let _minor = r.u16()?;
+        let nr_ports = r.u32()?;
+        if nr_ports as usize != self.ports.len() || r.u32()? != 0 {
+            tracing::warn!(nr_ports, "mtty: migration state does not fit this device");
+            return Err(Errno::INVAL);
+        }
+        let ports = (0..nr_ports)
+            .map(|_| Uart::from_bytes(r.bytes(uart::UART_STATE_LEN)?).ok_or(Errno::INVAL))
+            .collect::<Result<Vec<_>>>()?;
+        r.finish()?;
+        let mut locked: Vec<_> = (0..self.ports.len())
+            .filter_map(|i| self.uart(i as u8))
+            .collect();
+        for (dst, src) in locked.iter_mut().zip(ports) {
+            **dst = src;
+        }
+        Ok(())
     }
 }
 

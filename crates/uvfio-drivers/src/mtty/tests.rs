@@ -249,3 +249,205 @@ fn type_names_parse() {
     assert_eq!("2".parse::<MttyType>().unwrap().name(), "2");
     assert!("3".parse::<MttyType>().is_err());
 }
+
+mod migration {
+    use uvfio_core::{MigFlags, MigState};
+    use uvfio_pci::migration::{SECTION_FUNCTION, SECTION_IRQ};
+
+    use super::*;
+    use crate::testutil::patch_section;
+
+    /// Two mttys of `ty` (source "src" in group 20, destination "dst" in
+    /// group 21) from one pool, each with a user.
+    fn pair(ty: MttyType) -> (Registry, MttyDevice, User, MttyDevice, User) {
+        let registry = Registry::default();
+        let pool = MttyPool::default();
+        let opts = MttyOptions { ty, pool };
+        let s = create(&registry, "src", GroupId(20), &opts).unwrap();
+        let d = create(&registry, "dst", GroupId(21), &opts).unwrap();
+        let su = User::open(&registry, GroupId(20), "src");
+        let du = User::open(&registry, GroupId(21), "dst");
+        (registry, s, su, d, du)
+    }
+
+    /// The registers a read does not change.
+    fn regs(u: &User, bar: u32) -> Vec<u8> {
+        [
+            UART_IER, UART_IIR, UART_LCR, UART_MCR, UART_LSR, UART_MSR, UART_SCR,
+        ]
+        .iter()
+        .map(|r| u.read8(bar, u64::from(*r)))
+        .collect()
+    }
+
+    #[test]
+    fn tx_bytes_registers_and_config_arrive_on_destination() {
+        let (_r, s, su, d, du) = pair(MttyType::Dual);
+        assert_eq!(su.handle.migration_flags().unwrap(), MigFlags::all());
+        su.cfg_write32(0x10, 0xc000);
+        su.cfg_write32(0x14, 0xc010);
+        su.cfg_write32(0x3c, 0x0a);
+        // Port 0: divisor 0x010c, 8N1, RDI|RLSI, "hello" in the FIFO.
+        su.write8(0, u64::from(UART_LCR), UART_LCR_DLAB | 0x03);
+        su.write8(0, u64::from(UART_TX), 0x0c);
+        su.write8(0, u64::from(UART_IER), 0x01);
+        su.write8(0, u64::from(UART_LCR), 0x03);
+        su.write8(0, u64::from(UART_IER), UART_IER_RDI | UART_IER_RLSI);
+        su.write8(0, u64::from(UART_MCR), UART_MCR_DTR | UART_MCR_RTS);
+        su.write8(0, u64::from(UART_SCR), 0x5a);
+        for b in b"hello" {
+            su.write8(0, u64::from(UART_TX), *b);
+        }
+        // Port 1: FIFO off (depth 1), overrun, DLAB left set.
+        su.write8(1, u64::from(UART_FCR), 0);
+        su.write8(1, u64::from(UART_TX), b'z');
+        su.write8(1, u64::from(UART_TX), b'!');
+        su.write8(1, u64::from(UART_LCR), UART_LCR_DLAB);
+        su.write8(1, u64::from(UART_IER), 0x12);
+        let (cfg, r0, r1) = (
+            (0..63).map(|o| su.cfg_read32(o * 4)).collect::<Vec<_>>(),
+            regs(&su, 0),
+            regs(&su, 1),
+        );
+
+        let stream = su.save(true);
+        assert_eq!(du.resume(&stream).unwrap(), MigState::Running);
+
+        let (sf, df) = (s.driver().function(), d.driver().function());
+        for p in 0..2 {
+            assert_eq!(df.port(p), sf.port(p), "port {p} state");
+        }
+        assert_eq!(
+            (0..63).map(|o| du.cfg_read32(o * 4)).collect::<Vec<_>>(),
+            cfg
+        );
+        assert_eq!(du.cfg_read32(0x10), 0xc001);
+        assert_eq!(regs(&du, 0), r0);
+        assert_eq!(regs(&du, 1), r1);
+        assert_eq!(df.port(0).unwrap().divisor(), 0x010c);
+        assert_eq!(du.read8(1, u64::from(UART_IER)), 0x12, "DLAB: divisor high");
+        assert_eq!(du.read8(1, u64::from(UART_LSR)) & UART_LSR_OE, UART_LSR_OE);
+        let rx: Vec<u8> = (0..5).map(|_| du.read8(0, u64::from(UART_RX))).collect();
+        assert_eq!(rx, b"hello");
+        assert_eq!(du.read8(0, u64::from(UART_LSR)) & UART_LSR_DR, 0);
+        du.write8(1, u64::from(UART_LCR), 0);
+        assert_eq!(du.read8(1, u64::from(UART_RX)), b'z');
+    }
+
+    #[test]
+    fn interrupts_are_held_while_stopped_and_delivered_by_destination() {
+        let (_r, _s, su, d, du) = pair(MttyType::Single);
+        let smsi = su.bind(VFIO_PCI_MSI_IRQ_INDEX, 1);
+        su.write8(0, u64::from(UART_IER), UART_IER_RDI);
+        su.write8(0, u64::from(UART_TX), b'a');
+        assert_eq!(read_eventfd(&smsi[0]).unwrap(), 1, "running: delivered");
+        su.read8(0, u64::from(UART_RX));
+
+        su.handle.set_mig_state(MigState::Stop).unwrap();
+        // A (misbehaving) client writes while stopped: no interrupt.
+        su.write8(0, u64::from(UART_TX), b'b');
+        assert_eq!(read_eventfd(&smsi[0]).unwrap(), 0);
+        su.handle.set_mig_state(MigState::StopCopy).unwrap();
+        let stream = su.drain();
+
+        let dmsi = du.bind(VFIO_PCI_MSI_IRQ_INDEX, 1);
+        du.handle.set_mig_state(MigState::Resuming).unwrap();
+        du.handle.mig_write(&stream).unwrap();
+        du.handle.set_mig_state(MigState::Stop).unwrap();
+        assert_eq!(read_eventfd(&dmsi[0]).unwrap(), 0, "destination stopped");
+        du.handle.set_mig_state(MigState::Running).unwrap();
+        assert_eq!(read_eventfd(&dmsi[0]).unwrap(), 1, "latched on the source");
+        assert_eq!(du.read8(0, u64::from(UART_RX)), b'b');
+        assert_eq!(read_eventfd(&smsi[0]).unwrap(), 0);
+        assert_eq!(d.driver().function().port(0).unwrap().fifo_len(), 0);
+    }
+
+    #[test]
+    fn source_stopped_and_resumed_delivers_its_own_latched_interrupt() {
+        let (_r, _p, _d, u) = make(MttyType::Single);
+        let msi = u.bind(VFIO_PCI_MSI_IRQ_INDEX, 1);
+        u.write8(0, u64::from(UART_IER), UART_IER_RDI);
+        u.handle.set_mig_state(MigState::Stop).unwrap();
+        u.write8(0, u64::from(UART_TX), b'x');
+        assert_eq!(read_eventfd(&msi[0]).unwrap(), 0);
+        u.handle.set_mig_state(MigState::Running).unwrap();
+        assert_eq!(read_eventfd(&msi[0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn corrupted_streams_leave_destination_in_error_until_reopened() {
+        let (r, _s, su, d, mut du) = pair(MttyType::Single);
+        for b in b"keep" {
+            su.write8(0, u64::from(UART_TX), *b);
+        }
+        let good = su.save(false);
+        du.write8(0, u64::from(UART_SCR), 0x77);
+        let before = d.driver().function().port(0).unwrap();
+
+        // A dual-port card's stream does not fit a single-port card.
+        let (_r2, _s2, su2, _d2, _du2) = pair(MttyType::Dual);
+        let dual = su2.save(false);
+
+        let mut bad_magic = good.clone();
+        bad_magic[0] ^= 0xff;
+        let mut bad_version = good.clone();
+        bad_version[8] = 2;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("bad magic", bad_magic),
+            ("bad version", bad_version),
+            ("truncated", good[..good.len() - 20].to_vec()),
+            ("header only", good[..16].to_vec()),
+            ("dual-port stream", dual),
+            (
+                "wrong port count",
+                patch_section(&good, SECTION_FUNCTION, |p| p[12] = 2),
+            ),
+            (
+                "wrong port count, records to match",
+                patch_section(&good, SECTION_FUNCTION, |p| {
+                    p[12] = 2;
+                    let rec = p[20..].to_vec();
+                    p.extend(rec);
+                }),
+            ),
+            (
+                "bad mtty magic",
+                patch_section(&good, SECTION_FUNCTION, |p| p[7] = 0),
+            ),
+            (
+                "bad mtty major",
+                patch_section(&good, SECTION_FUNCTION, |p| p[8] = 3),
+            ),
+            (
+                "truncated port record",
+                patch_section(&good, SECTION_FUNCTION, |p| {
+                    p.pop();
+                }),
+            ),
+            (
+                "impossible FIFO head",
+                patch_section(&good, SECTION_FUNCTION, |p| p[20 + 24] = 16),
+            ),
+            (
+                "bad irq section",
+                patch_section(&good, SECTION_IRQ, |p| p[0] = 7),
+            ),
+        ];
+        for (what, stream) in cases {
+            assert_eq!(du.resume(&stream).unwrap_err(), Errno::INVAL, "{what}");
+            assert_eq!(du.handle.mig_state().unwrap(), MigState::Error, "{what}");
+            assert_eq!(
+                d.driver().function().port(0).unwrap(),
+                before,
+                "{what}: nothing applied"
+            );
+            // mtty has no RESET flag: a new open starts over in RUNNING.
+            drop(du);
+            du = User::open(&r, GroupId(21), "dst");
+            assert_eq!(du.handle.mig_state().unwrap(), MigState::Running);
+        }
+        assert_eq!(du.resume(&good).unwrap(), MigState::Running);
+        let rx: Vec<u8> = (0..4).map(|_| du.read8(0, u64::from(UART_RX))).collect();
+        assert_eq!(rx, b"keep");
+    }
+}

@@ -97,6 +97,24 @@ pub const UART_MSR_DCD: u8 = 0x80;
 /// Depth of the loopback FIFO.
 pub const MAX_FIFO_SIZE: usize = 16;
 
+/// Bytes of one port's migration record ([`Uart::to_bytes`]):
+///
+/// ```text
+///  0  regs[8]      IER, LCR, MCR, SCR as stored (others unused)
+///  8  fifo[16]     the ring
+/// 24  head         u8, < 16
+/// 25  count        u8, ≤ 16
+/// 26  fifo depth   u8, 1 or 16
+/// 27  trigger      u8, 1..=16
+/// 28  overrun      u8 bool
+/// 29  dlab         u8 bool, must match LCR bit 7
+/// 30  fcr          u8, last FCR write
+/// 31  0
+/// 32  divisor      u16
+/// 34  0, 0
+/// ```
+pub const UART_STATE_LEN: usize = 36;
+
 /// One UART port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uart {
@@ -151,6 +169,62 @@ impl Uart {
     /// The divisor latch.
     pub fn divisor(&self) -> u16 {
         self.divisor
+    }
+
+    /// The port's complete state, for migration (layout at
+    /// [`UART_STATE_LEN`]).
+    pub fn to_bytes(&self) -> [u8; UART_STATE_LEN] {
+        let mut b = [0u8; UART_STATE_LEN];
+        b[..8].copy_from_slice(&self.regs);
+        b[8..24].copy_from_slice(&self.fifo);
+        // All four are at most MAX_FIFO_SIZE (16).
+        b[24] = self.head as u8;
+        b[25] = self.count as u8;
+        b[26] = self.max_fifo_size as u8;
+        b[27] = self.trigger_level as u8;
+        b[28] = u8::from(self.overrun);
+        b[29] = u8::from(self.dlab);
+        b[30] = self.fcr;
+        b[32..34].copy_from_slice(&self.divisor.to_le_bytes());
+        b
+    }
+
+    /// A port from [`Uart::to_bytes`]; `None` if the record is not one a
+    /// port can be in (wrong length, indexes out of range, bad bools,
+    /// DLAB disagreeing with LCR, reserved bytes set).
+    pub fn from_bytes(b: &[u8]) -> Option<Uart> {
+        let b: &[u8; UART_STATE_LEN] = b.try_into().ok()?;
+        let bool_at = |i: usize| match b[i] {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        };
+        let (head, count) = (usize::from(b[24]), usize::from(b[25]));
+        let (max_fifo_size, trigger_level) = (usize::from(b[26]), usize::from(b[27]));
+        let mut regs = [0u8; 8];
+        regs.copy_from_slice(&b[..8]);
+        let mut fifo = [0u8; MAX_FIFO_SIZE];
+        fifo.copy_from_slice(&b[8..24]);
+        let u = Uart {
+            regs,
+            fifo,
+            head,
+            count,
+            max_fifo_size,
+            trigger_level,
+            overrun: bool_at(28)?,
+            dlab: bool_at(29)?,
+            divisor: u16::from_le_bytes([b[32], b[33]]),
+            fcr: b[30],
+        };
+        let ok = head < MAX_FIFO_SIZE
+            && count <= MAX_FIFO_SIZE
+            && matches!(max_fifo_size, 1 | MAX_FIFO_SIZE)
+            && (1..=MAX_FIFO_SIZE).contains(&trigger_level)
+            && u.dlab == (regs[usize::from(UART_LCR)] & UART_LCR_DLAB != 0)
+            && b[31] == 0
+            && b[34..] == [0, 0];
+        ok.then_some(u)
     }
 
     /// A guest write of `data` to register `reg` (0–7); returns the
@@ -301,6 +375,35 @@ impl Uart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_round_trips_and_bad_records_are_refused() {
+        let mut u = Uart::default();
+        u.write(UART_LCR, UART_LCR_DLAB | 3);
+        u.write(UART_TX, 0x0c);
+        u.write(UART_LCR, 3);
+        u.write(UART_IER, UART_IER_RDI | UART_IER_RLSI);
+        for i in 0..18 {
+            u.write(UART_TX, i);
+        }
+        u.read(UART_RX);
+        let b = u.to_bytes();
+        assert_eq!(Uart::from_bytes(&b), Some(u.clone()));
+        assert_eq!(Uart::from_bytes(&b[..35]), None);
+        for (at, v) in [
+            (24, 16),
+            (25, 17),
+            (26, 8),
+            (27, 0),
+            (28, 2),
+            (29, 1),
+            (31, 1),
+        ] {
+            let mut bad = b;
+            bad[at] = v;
+            assert_eq!(Uart::from_bytes(&bad), None, "byte {at} = {v}");
+        }
+    }
 
     #[test]
     fn tx_then_rx_loops_bytes_back_in_order() {
