@@ -472,7 +472,16 @@ impl RegionInfoReply {
             });
         }
         let size = w.size.get();
-        let caps = if flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
+        // The kernel's (and rust-vmm's) answer to a too-small argsz: CAPS
+        // set, cap_offset 0, argsz = the size needed, no chain. The caller
+        // retries with that argsz.
+        let truncated = flags & VFIO_REGION_INFO_FLAG_CAPS != 0
+            && cap_offset == 0
+            && argsz > REGION_INFO_SIZE
+            && u64_from_usize(body.len()) == u64::from(REGION_INFO_SIZE);
+        let caps = if truncated {
+            Vec::new()
+        } else if flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
             if u64::from(argsz) != u64_from_usize(body.len()) {
                 return malformed(InvalidMessage::LengthMismatch {
                     what: "region_info argsz with CAPS",

@@ -275,6 +275,29 @@ fn golden_region_info_reply_with_sparse_mmap() {
     assert_eq!(msg, Message::Reply(Reply::DeviceGetRegionInfo(small)));
 }
 
+/// The kernel's and rust-vmm's answer to a too-small argsz keeps CAPS set
+/// with cap_offset 0 and no chain: it decodes as "retry with argsz 80".
+#[test]
+fn golden_region_info_reply_kernel_style_too_small() {
+    let bytes = [
+        0x05, 0x00, 0x05, 0x00, 0x30, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, //
+        0x50, 0x00, 0x00, 0x00, // argsz 80 (needed)
+        0x0f, 0x00, 0x00, 0x00, // READ | WRITE | MMAP | CAPS
+        0x00, 0x00, 0x00, 0x00, // index 0
+        0x00, 0x00, 0x00, 0x00, // cap_offset 0: the chain did not fit
+        0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // size
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // offset
+    ];
+    let (_, msg) = decode(&bytes, 0);
+    let Message::Reply(Reply::DeviceGetRegionInfo(r)) = msg else {
+        panic!("not a region info reply: {msg:?}")
+    };
+    assert!(r.info.caps.is_empty());
+    assert_eq!(r.argsz, 80);
+    assert!(!r.send_fd());
+}
+
 #[test]
 fn golden_error_reply() {
     let bytes = [
