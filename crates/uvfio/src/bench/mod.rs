@@ -11,7 +11,7 @@ mod core_paths;
 mod socket_paths;
 mod timing;
 
-pub use timing::{median_ns, Measurement};
+pub use timing::{median_ns, median_pair, Measurement};
 
 use serde::Serialize;
 

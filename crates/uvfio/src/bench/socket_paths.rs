@@ -12,39 +12,95 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use uvfio_core::{GroupId, Registry};
-use uvfio_drivers::gpio;
+use uvfio_drivers::dma;
 use uvfio_user::{Client, Server, ServerConfig};
 
-use super::{median_ns, Options, Row};
+use super::{median_pair, Options, Row};
 
 /// Header (16) + REGION_READ/WRITE payload (16).
 const ACCESS: usize = 32;
 
-/// A raw ping-pong: the "client" writes `req` bytes, a thread on the other
-/// end reads them and writes `rep` bytes back. Same two-thread layout as a
-/// vfio-user client and a connection thread.
-fn ping_pong(req: usize, rep: usize, iters: u32) -> anyhow::Result<f64> {
-    let (mut a, mut b) = UnixStream::pair()?;
-    let echo = std::thread::spawn(move || {
-        let mut inb = vec![0u8; req];
-        let out = vec![0u8; rep];
-        while b.read_exact(&mut inb).is_ok() {
-            if b.write_all(&out).is_err() {
-                break;
+/// A raw ping-pong endpoint: the "client" writes `req` bytes, a thread on
+/// the other end reads them and writes `rep` bytes back. Same two-thread
+/// layout as a vfio-user client and a connection thread.
+struct PingPong {
+    a: UnixStream,
+    out: Vec<u8>,
+    inb: Vec<u8>,
+    echo: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PingPong {
+    fn new(req: usize, rep: usize) -> anyhow::Result<Self> {
+        let (a, mut b) = UnixStream::pair()?;
+        let echo = std::thread::spawn(move || {
+            let mut inb = vec![0u8; req];
+            let out = vec![0u8; rep];
+            while b.read_exact(&mut inb).is_ok() {
+                if b.write_all(&out).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let out = vec![0u8; req];
-    let mut inb = vec![0u8; rep];
-    let m = median_ns(7, iters, |n| {
+        });
+        Ok(PingPong {
+            a,
+            out: vec![0u8; req],
+            inb: vec![0u8; rep],
+            echo: Some(echo),
+        })
+    }
+
+    fn round_trips(&mut self, n: u32) {
         for _ in 0..n {
-            a.write_all(&out).expect("ping");
-            a.read_exact(&mut inb).expect("pong");
+            self.a.write_all(&self.out).expect("ping");
+            self.a.read_exact(&mut self.inb).expect("pong");
         }
-    });
-    drop(a);
-    let _ = echo.join();
-    Ok(m.ns_per_op)
+    }
+}
+
+impl Drop for PingPong {
+    fn drop(&mut self) {
+        let _ = self.a.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.echo.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu` (threads it spawns inherit that), or
+/// unpins it with `None`. The message-path benches put the client thread
+/// on CPU 0 and every server-side thread (our connection thread and the
+/// ping-pong echo thread alike) on CPU 1: the same layout for both, and
+/// no run where the scheduler happens to stack them on one core.
+fn pin(cpu: Option<usize>) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        return;
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    match cpu {
+        Some(c) => set.set(c % n),
+        None => (0..n).for_each(|c| set.set(c)),
+    }
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        tracing::debug!("cannot pin the bench thread: {e}");
+    }
+}
+
+/// Ours vs the ping-pong, in alternating batches: `(ours, baseline)` ns.
+fn versus(
+    req: usize,
+    rep: usize,
+    iters: u32,
+    mut ours: impl FnMut(u32),
+) -> anyhow::Result<(f64, f64)> {
+    pin(Some(1));
+    let pp = PingPong::new(req, rep);
+    pin(Some(0));
+    let mut pp = pp?;
+    let batch = (iters / 15).max(50);
+    let (o, b) = median_pair(15, batch, &mut ours, |n| pp.round_trips(n));
+    Ok((o.ns_per_op, b.ns_per_op))
 }
 
 fn row(name: String, ours: f64, base: f64, goal: &'static str, limit: Option<f64>) -> Row {
@@ -74,47 +130,44 @@ fn access_rows(
     client
         .region_read(index, 0, &mut b4)
         .context("probe read")?;
-    let base = ping_pong(ACCESS, ACCESS + 4, iters)?;
-    let ours = median_ns(7, iters, |n| {
+    let (ours, base) = versus(ACCESS, ACCESS + 4, iters, |n| {
         for _ in 0..n {
             client.region_read(index, 0, &mut b4).expect("region read");
             black_box(&b4);
         }
-    });
+    })?;
     rows.push(row(
         "message path: 4 B region read vs raw ping-pong".into(),
-        ours.ns_per_op,
+        ours,
         base,
         "<= 1.10",
         Some(1.10),
     ));
-    let base = ping_pong(ACCESS + 4, ACCESS, iters)?;
-    let ours = median_ns(7, iters, |n| {
+    let (ours, base) = versus(ACCESS + 4, ACCESS, iters, |n| {
         for _ in 0..n {
             client.region_write(index, 0, &b4).expect("region write");
         }
-    });
+    })?;
     rows.push(row(
         "message path: 4 B region write vs raw ping-pong".into(),
-        ours.ns_per_op,
+        ours,
         base,
         "<= 1.10",
         Some(1.10),
     ));
     if region_size >= 4096 {
         let mut page = vec![0u8; 4096];
-        let base = ping_pong(ACCESS, ACCESS + 4096, iters / 2)?;
-        let ours = median_ns(7, iters / 2, |n| {
+        let (ours, base) = versus(ACCESS, ACCESS + 4096, iters / 2, |n| {
             for _ in 0..n {
                 client
                     .region_read(index, 0, &mut page)
                     .expect("region read");
                 black_box(&page);
             }
-        });
+        })?;
         rows.push(row(
             "message path: 4 KiB region read vs raw ping-pong".into(),
-            ours.ns_per_op,
+            ours,
             base,
             "<= 1.10",
             Some(1.10),
@@ -123,15 +176,24 @@ fn access_rows(
     Ok(rows)
 }
 
-/// Message-path rows against a fresh in-process server serving a gpio card
-/// (BAR0 is 4 KiB of registers).
+/// Message-path rows against a fresh in-process server serving a dma engine:
+/// accesses go to its RAM BAR (BAR2), so the figure is the message path,
+/// not a driver's register emulation.
 pub fn in_process(opts: &Options) -> anyhow::Result<Vec<Row>> {
     let dir = tempdir()?;
     let reg = Registry::default();
+    // Server threads (acceptor, then the connection thread) on CPU 1.
+    pin(Some(1));
     let server = Server::new(reg.clone(), ServerConfig::new(&dir))?;
-    let dev = gpio::create(&reg, "bench0", GroupId(1), &gpio::GpioOptions::default())?;
+    let dev = dma::create(&reg, "bench0", GroupId(1), &dma::DmaOptions::default())?;
     let client = Client::connect(server.socket_path("bench0").context("socket")?)?;
-    let rows = access_rows(&client, 0, 4096, opts);
+    let rows = access_rows(
+        &client,
+        u32::from(dma::DMA_RAM_BAR),
+        dma::DmaOptions::default().ram_size,
+        opts,
+    );
+    pin(None);
     client.shutdown();
     drop(client);
     drop(dev.unregister());
@@ -188,11 +250,11 @@ pub fn scale(devices: u32, clients: u32, duration: Duration) -> anyhow::Result<V
     let rss0 = rss_bytes();
     let mut devs = Vec::new();
     for i in 0..devices {
-        devs.push(gpio::create(
+        devs.push(uvfio_drivers::gpio::create(
             &reg,
             &format!("g{i}"),
             GroupId(i + 1),
-            &gpio::GpioOptions::default(),
+            &uvfio_drivers::gpio::GpioOptions::default(),
         )?);
     }
     let rss_devs = rss_bytes();
