@@ -33,6 +33,8 @@ use crate::proto::{
 };
 use crate::transport::{FrameLimits, Message};
 
+pub(crate) mod migration;
+
 /// The limits a server advertises (what it can receive).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -381,7 +383,7 @@ impl Session {
             return Step::Close;
         };
         let offer = Version::ours(self.config.capabilities());
-        let (ver_reply, negotiated) = match proto::negotiate_server(&offer, proposal) {
+        let (mut ver_reply, mut negotiated) = match proto::negotiate_server(&offer, proposal) {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!("negotiation failed: {e}");
@@ -401,6 +403,7 @@ impl Session {
                 return Step::Close;
             }
         };
+        migration::advertise(&att, &mut ver_reply, &mut negotiated);
         let limits = negotiated.decode_limits();
         self.new_limits = Some(FrameLimits {
             max_msg_size: limits.max_msg_size,
@@ -427,6 +430,7 @@ impl Ready {
         dma: &dyn MessageDmaFactory,
     ) -> Result<(), Errno> {
         let h = &self.att.handle;
+        migration::check_command(h, req.command())?;
         match req {
             Request::Version(_) => return Err(Errno::INVAL),
             Request::DmaMap(m) => {
@@ -588,9 +592,9 @@ impl Ready {
             }
             // Sent by the server only.
             Request::DmaRead(_) | Request::DmaWrite(_) => return Err(Errno::INVAL),
-            Request::DeviceFeature(_) | Request::MigDataRead(_) | Request::MigDataWrite(_) => {
-                return Err(Errno::NOTSUP);
-            }
+            Request::DeviceFeature(f) => migration::device_feature(&self.att, &f, header, out)?,
+            Request::MigDataRead(r) => migration::mig_data_read(h, &r, header, out)?,
+            Request::MigDataWrite(w) => migration::mig_data_write(h, &w, header, out)?,
         }
         Ok(())
     }
