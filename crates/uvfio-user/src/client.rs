@@ -33,6 +33,8 @@ use crate::proto::{
 };
 use crate::transport::{FrameLimits, Message};
 
+mod migration;
+
 /// Client settings.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -1,7 +1,7 @@
 //! Live migration and dirty logging over vfio-user: DEVICE_FEATURE,
-//! MIG_DATA_READ/WRITE and the per-state command filter, through the
-//! sans-I/O session; the dirty bitmap is checked against a model
-//! (proptest).
+//! MIG_DATA_READ/WRITE and the per-state command filter, first through the
+//! sans-I/O session, then through the server driven by our client over
+//! real sockets; the dirty bitmap is checked against a model (proptest).
 
 mod common;
 
@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use proptest::prelude::*;
 use rustix::io::Errno;
 use uvfio_core::{
-    Container, DeviceFlags, DeviceInfo, DeviceOps, Dma, DmaBacking, GroupId, IommuType, MigFlags,
-    MigrationOps, OpenContext, OpenOptions, RegionInfo, RegisteredDevice, Registry, SharedMemory,
+    Container, DeviceFlags, DeviceInfo, DeviceOps, Dma, DmaBacking, DmaPerm, GroupId, IommuType,
+    MigFlags, MigrationOps, OpenContext, OpenOptions, RegionInfo, RegisteredDevice, Registry,
+    SharedMemory,
 };
 use uvfio_user::proto::{
-    self, Capabilities, DecodeLimits, DeviceFeature, DmaLoggingControl, DmaLoggingRange,
+    self, Capabilities, Command, DecodeLimits, DeviceFeature, DmaLoggingControl, DmaLoggingRange,
     DmaLoggingReport, FeatureData, FeatureOp, MigState, MigrationCaps, Negotiated, Reply, Request,
     Version,
 };
@@ -24,6 +25,7 @@ use uvfio_user::session::{
     AttachFn, Attachment, MessageDmaFactory, Output, Session, SessionConfig, SessionState,
 };
 use uvfio_user::transport::Message;
+use uvfio_user::{Client, ClientError, Server, ServerConfig};
 
 // ---------------------------------------------------------------------------
 // A migratable device.
@@ -925,4 +927,178 @@ proptest! {
             .collect();
         prop_assert_eq!(got, dirty);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Over sockets, with our client.
+
+struct Fixture {
+    registry: Registry,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(session: SessionConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::default();
+    let server = Server::new(
+        registry.clone(),
+        ServerConfig::new(dir.path()).session(session),
+    )
+    .unwrap();
+    Fixture {
+        registry,
+        server,
+        _dir: dir,
+    }
+}
+
+fn connect(f: &Fixture, name: &str) -> Client {
+    Client::connect(f.server.socket_path(name).expect("served")).unwrap()
+}
+
+fn server_errno(e: ClientError) -> (Command, Errno) {
+    match e {
+        ClientError::Server { command, errno } => (command, errno),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// What a VMM does, through the client API: the destination resumes, the
+/// source pre-copies until its temporary end, then stops and copies.
+fn migrate(src: &Client, dst: &Client, chunk: usize) -> (usize, usize) {
+    let flags = src.migration_flags().unwrap();
+    assert!(flags.contains(MigFlags::STOP_COPY));
+    dst.set_mig_state(MigState::Resuming).unwrap();
+    let mut pre = 0;
+    if flags.contains(MigFlags::PRE_COPY) {
+        src.set_mig_state(MigState::PreCopy).unwrap();
+        loop {
+            let data = src.mig_read(chunk).unwrap();
+            dst.mig_write(&data).unwrap();
+            pre += data.len();
+            if data.len() < chunk {
+                break;
+            }
+        }
+    }
+    src.set_mig_state(MigState::StopCopy).unwrap();
+    let mut fin = 0;
+    loop {
+        let data = src.mig_read(chunk).unwrap();
+        dst.mig_write(&data).unwrap();
+        fin += data.len();
+        if data.len() < chunk {
+            break;
+        }
+    }
+    dst.set_mig_state(MigState::Running).unwrap();
+    src.set_mig_state(MigState::Stop).unwrap();
+    (pre, fin)
+}
+
+#[test]
+fn client_migrates_a_device_between_connections_with_pre_copy() {
+    let f = fixture(SessionConfig::default());
+    let src_dev = register_mig(&f.registry, "src", 1);
+    let dst_dev = register_mig(&f.registry, "dst", 2);
+    let src = connect(&f, "src");
+    let dst = connect(&f, "dst");
+    assert_eq!(
+        src.negotiated().theirs.migration.and_then(|m| m.pgsize),
+        Some(rustix::param::page_size() as u64)
+    );
+    src.device_feature_probe(proto::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, true, true)
+        .unwrap();
+    assert_eq!(
+        src.migration_flags().unwrap(),
+        MigFlags::STOP_COPY | MigFlags::PRE_COPY
+    );
+    src.region_write(0, 0, &0x1234_5678u32.to_le_bytes())
+        .unwrap();
+    assert_eq!(src.stop_copy_size().unwrap(), 0);
+    let (pre, fin) = migrate(&src, &dst, 4096);
+    assert_eq!((pre, fin), (4, 4 + BLOB));
+    let mut v = [0u8; 4];
+    dst.region_read(0, 0, &mut v).unwrap();
+    assert_eq!(u32::from_le_bytes(v), 0x1234_5678);
+    assert_eq!(dst.mig_state().unwrap(), MigState::Running);
+    assert_eq!(src.mig_state().unwrap(), MigState::Stop);
+    // Stopped: only region access, features and data reads.
+    let (cmd, errno) = server_errno(src.device_info().unwrap_err());
+    assert_eq!((cmd, errno), (Command::DeviceGetInfo, Errno::INVAL));
+    src.region_read(0, 0, &mut v).unwrap();
+    assert_eq!(*lock(&src_dev.driver().reg), *lock(&dst_dev.driver().reg));
+}
+
+#[test]
+fn client_splits_data_and_reports_to_a_small_transfer_size() {
+    // 64-byte transfers: the stream takes several reads and writes, and a
+    // report of 2048 pages takes four messages of 8 words.
+    let f = fixture(SessionConfig::default().max_data_xfer_size(64));
+    let _s = register_mig(&f.registry, "src", 1);
+    let _d = register_mig(&f.registry, "dst", 2);
+    let src = connect(&f, "src");
+    let dst = connect(&f, "dst");
+    src.region_write(0, 0, &0xabcdu32.to_le_bytes()).unwrap();
+    // mig_read of more than one message: the client loops.
+    let (pre, fin) = migrate(&src, &dst, 1000);
+    assert_eq!((pre, fin), (4, 4 + BLOB));
+    let mut v = [0u8; 4];
+    dst.region_read(0, 0, &mut v).unwrap();
+    assert_eq!(u32::from_le_bytes(v), 0xabcd);
+
+    let (f2, dev) = {
+        let f2 = fixture(SessionConfig::default().max_data_xfer_size(64));
+        let dev = register_mig(&f2.registry, "m", 3);
+        (f2, dev)
+    };
+    let c = connect(&f2, "m");
+    let mem = SharedMemory::new("big", 2048 * 4096).unwrap();
+    c.dma_map_shared(0, &mem, DmaPerm::READ | DmaPerm::WRITE)
+        .unwrap();
+    assert_eq!(c.start_dirty_logging(4096, &[]).unwrap(), 4096);
+    let pages = [0u64, 1, 63, 64, 511, 512, 1000, 1535, 1536, 2047];
+    for p in pages {
+        dev.driver().dma_write(p * 4096 + 8, b"dirty").unwrap();
+    }
+    let words = c.report_dirty(0, 2048 * 4096, 4096).unwrap();
+    assert_eq!(words.len(), 32);
+    let got: Vec<u64> = (0..2048u64)
+        .filter(|i| words[(i / 64) as usize] >> (i % 64) & 1 == 1)
+        .collect();
+    assert_eq!(got, pages);
+    assert!(c
+        .report_dirty(0, 2048 * 4096, 4096)
+        .unwrap()
+        .iter()
+        .all(|&w| w == 0));
+    c.stop_dirty_logging().unwrap();
+    let (cmd, errno) = server_errno(c.report_dirty(0, 4096, 4096).unwrap_err());
+    assert_eq!((cmd, errno), (Command::DeviceFeature, Errno::INVAL));
+}
+
+#[test]
+fn client_errors_carry_the_command_and_errno() {
+    let f = fixture(SessionConfig::default());
+    let _p = register_plain(&f.registry, "p", 1);
+    let _m = register_mig(&f.registry, "m", 2);
+    let c = connect(&f, "p");
+    assert_eq!(c.negotiated().theirs.migration, None);
+    let (cmd, errno) = server_errno(c.migration_flags().unwrap_err());
+    assert_eq!((cmd, errno), (Command::DeviceFeature, Errno::NOTTY));
+    assert_eq!(c.migration_flags().unwrap_err().errno(), Errno::NOTTY);
+    let (cmd, errno) = server_errno(c.mig_read(16).unwrap_err());
+    assert_eq!((cmd, errno), (Command::MigDataRead, Errno::INVAL));
+    let (cmd, errno) = server_errno(c.mig_write(b"x").unwrap_err());
+    assert_eq!((cmd, errno), (Command::MigDataWrite, Errno::INVAL));
+    let (_, errno) = server_errno(c.device_feature_probe(0x55, false, false).unwrap_err());
+    assert_eq!(errno, Errno::NOTTY);
+    let m = connect(&f, "m");
+    let (_, errno) = server_errno(m.set_mig_state(MigState::RunningP2p).unwrap_err());
+    assert_eq!(errno, Errno::INVAL);
+    let (_, errno) = server_errno(m.start_dirty_logging(4095, &[]).unwrap_err());
+    assert_eq!(errno, Errno::INVAL);
+    // The connection is still fine.
+    assert_eq!(m.mig_state().unwrap(), MigState::Running);
 }
