@@ -112,6 +112,7 @@ impl MmapRegion {
         self.len == 0
     }
 
+    #[inline]
     fn check(&self, offset: u64, n: usize) -> Result<usize> {
         let off = usize::try_from(offset).map_err(|_| Errno::FAULT)?;
         let end = off.checked_add(n).ok_or(Errno::FAULT)?;
@@ -122,6 +123,7 @@ impl MmapRegion {
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the mapping.
+    #[inline]
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let off = self.check(offset, buf.len())?;
         // SAFETY: `off + buf.len() <= self.len` was checked, the mapping is
@@ -133,6 +135,7 @@ impl MmapRegion {
     }
 
     /// Copies `data` into the mapping at `offset`.
+    #[inline]
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         if !self.writable {
             return Err(Errno::PERM);
