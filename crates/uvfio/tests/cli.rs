@@ -246,3 +246,48 @@ fn live_socket_is_refused_and_stale_socket_replaced() {
     let (status, _) = d.stop();
     assert!(status.success());
 }
+
+#[test]
+fn serve_reads_devices_and_folder_from_a_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sdir = tmp.path().join("s");
+    let cfg = tmp.path().join("devices.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dir = \"{}\"\n[[device]]\ntype = \"mtty\"\nname = \"ser2\"\nports = 2\n[[device]]\ntype = \"dma\"\nname = \"copy0\"\n",
+            sdir.display()
+        ),
+    )
+    .unwrap();
+    let ready = tmp.path().join("ready");
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "server never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let list = run(&["list", "--dir", sdir.to_str().unwrap()]);
+    let text = stdout(&list);
+    assert!(text.contains("ser2") && text.contains("copy0"), "{text}");
+    // Dual-port mtty: BAR1 is the second port.
+    let info = run(&["info", "--json", sdir.join("ser2.sock").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["bars"].as_array().unwrap().len(), 2, "{v}");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!sdir.join("ser2.sock").exists());
+}
