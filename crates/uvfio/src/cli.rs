@@ -44,6 +44,19 @@ pub enum Command {
         after_help = "Examples:\n  uvfio bench\n  uvfio bench --json\n  uvfio bench --socket /tmp/u/gpio0.sock"
     )]
     Bench(BenchArgs),
+    /// Live-migrate a device's state from one vfio-user server to another.
+    ///
+    /// Does what a VMM does: destination → RESUMING; source → PRE_COPY
+    /// (if supported) with pre-copy rounds until the stream has nothing
+    /// new; source → STOP_COPY, read to the end; destination → RUNNING
+    /// (which validates the stream: a foreign or corrupted one leaves the
+    /// destination in ERROR); source → STOP. On failure the source is
+    /// resumed and the command exits 1.
+    #[command(after_help = "Examples:\n  \
+        uvfio migrate --from /tmp/a/ser0.sock --to /tmp/b/ser0.sock\n  \
+        uvfio migrate --from /tmp/a/dma0.sock --to /tmp/b/dma0.sock --precopy-rounds 0   # stop-copy only\n  \
+        uvfio migrate --from A.sock --to B.sock --wait 10   # wait for the VM's client to detach")]
+    Migrate(MigrateArgs),
 }
 
 /// `--dir`, shared by the management commands.
@@ -133,4 +146,21 @@ pub struct BenchArgs {
     /// Clients connected for the scale run.
     #[arg(long, default_value_t = 256)]
     pub clients: u32,
+}
+
+/// `uvfio migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The source device's vfio-user socket.
+    #[arg(long, value_name = "SOCKET")]
+    pub from: PathBuf,
+    /// The destination device's vfio-user socket (same device type).
+    #[arg(long, value_name = "SOCKET")]
+    pub to: PathBuf,
+    /// Most pre-copy rounds before stopping the source (0: no pre-copy).
+    #[arg(long, default_value_t = 8)]
+    pub precopy_rounds: u32,
+    /// Seconds to keep retrying a device that is busy with another client.
+    #[arg(long, default_value_t = 5.0)]
+    pub wait: f64,
 }

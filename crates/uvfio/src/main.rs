@@ -22,6 +22,7 @@ fn main() {
         cli::Command::List(a) => cmd::manage::list(a),
         cli::Command::Info(a) => cmd::info::run(a),
         cli::Command::Bench(a) => cmd::bench::run(a),
+        cli::Command::Migrate(a) => cmd::migrate::run(a),
     };
     if let Err(e) = r {
         eprintln!("uvfio: {e:#}");

@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod info;
 pub mod manage;
+pub mod migrate;
 pub mod serve;
