@@ -20,8 +20,11 @@
 //!
 //! Because the serving thread gives up the reader role while it executes a
 //! command, a DMA issued from inside that command can always make progress:
-//! no deadlock, no lost message. The queue is bounded in bytes; a peer that
-//! floods commands while we wait for its reply loses its connection.
+//! no deadlock, no lost message. The queue is bounded in bytes and in fds;
+//! a peer that floods commands while we wait for its reply loses its
+//! connection. Requests awaiting replies are bounded too
+//! ([`Channel::with_caps`]): past the cap, [`Channel::call`] fails at once
+//! with `EAGAIN` instead of piling up waiters behind a silent peer.
 //!
 //! Writes go through one lock so messages never interleave. The hot path
 //! (a command and its reply on the serving thread) takes two uncontended
@@ -56,6 +59,12 @@ pub enum ChannelError {
     /// A request with this id is already waiting for its reply.
     #[error("message id {0} is already awaiting a reply")]
     IdInUse(u16),
+    /// As many requests as allowed already await their replies.
+    #[error("{0} requests already await a reply from the peer")]
+    TooManyPending(usize),
+    /// The peer sent more fds than allowed while we waited for its reply.
+    #[error("peer queued more than {0} fds with commands while a reply was awaited")]
+    QueueFdsFull(usize),
 }
 
 impl ChannelError {
@@ -64,7 +73,10 @@ impl ChannelError {
     pub fn errno(&self) -> Errno {
         match self {
             ChannelError::Closed(e) => e.errno(),
-            ChannelError::Shutdown | ChannelError::QueueFull(_) => Errno::NOTCONN,
+            ChannelError::Shutdown | ChannelError::QueueFull(_) | ChannelError::QueueFdsFull(_) => {
+                Errno::NOTCONN
+            }
+            ChannelError::TooManyPending(_) => Errno::AGAIN,
             ChannelError::Timeout(_) => Errno::TIMEDOUT,
             ChannelError::IdInUse(_) => Errno::BUSY,
         }
@@ -83,6 +95,7 @@ struct State {
     reader_busy: bool,
     queue: VecDeque<Message>,
     queued_bytes: usize,
+    queued_fds: usize,
     /// Requests awaiting replies: `None` until the reply arrives.
     pending: HashMap<u16, Option<Message>>,
     closed: Option<ChannelError>,
@@ -102,6 +115,10 @@ pub(crate) struct Channel {
     cv: Condvar,
     next_id: AtomicU16,
     max_queued_bytes: usize,
+    max_queued_fds: usize,
+    max_pending: usize,
+    /// Who is on the other end, for log lines (the device name).
+    label: String,
 }
 
 impl std::fmt::Debug for Channel {
@@ -120,6 +137,7 @@ impl Channel {
                 reader_busy: false,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                queued_fds: 0,
                 pending: HashMap::new(),
                 closed: None,
                 limits,
@@ -128,7 +146,26 @@ impl Channel {
             cv: Condvar::new(),
             next_id: AtomicU16::new(0),
             max_queued_bytes,
+            max_queued_fds: usize::MAX,
+            max_pending: usize::MAX,
+            label: String::new(),
         }
+    }
+
+    /// Caps the fds queued with commands while a reply is awaited, and the
+    /// requests awaiting replies at once (both unbounded by default).
+    #[must_use]
+    pub(crate) fn with_caps(mut self, max_queued_fds: usize, max_pending: usize) -> Channel {
+        self.max_queued_fds = max_queued_fds;
+        self.max_pending = max_pending;
+        self
+    }
+
+    /// Names the connection in log lines (`device = label`).
+    #[must_use]
+    pub(crate) fn with_label(mut self, label: &str) -> Channel {
+        self.label = label.to_owned();
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -183,6 +220,7 @@ impl Channel {
         let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Both);
         st.queue.clear();
         st.queued_bytes = 0;
+        st.queued_fds = 0;
         self.wake(st);
     }
 
@@ -228,7 +266,10 @@ impl Channel {
         let mut st = self.lock();
         loop {
             if let Some(m) = st.queue.pop_front() {
-                st.queued_bytes = st.queued_bytes.saturating_sub(m.body.len());
+                st.queued_bytes = st
+                    .queued_bytes
+                    .saturating_sub(m.body.len().saturating_add(transport::HEADER_SIZE));
+                st.queued_fds = st.queued_fds.saturating_sub(m.fds.len());
                 *msg = m;
                 return Ok(());
             }
@@ -284,6 +325,15 @@ impl Channel {
             if st.pending.contains_key(&id) {
                 return Err(ChannelError::IdInUse(id));
             }
+            if st.pending.len() >= self.max_pending {
+                tracing::warn!(
+                    device = %self.label,
+                    limit = "max_pending_requests",
+                    max = self.max_pending,
+                    "too many requests await the peer's replies; failing this one with EAGAIN"
+                );
+                return Err(ChannelError::TooManyPending(self.max_pending));
+            }
             st.pending.insert(id, None);
         }
         if let Err(e) = self.send(request, fds) {
@@ -330,16 +380,32 @@ impl Channel {
                         Incoming::Queue => {
                             let len = reply.body.len().saturating_add(transport::HEADER_SIZE);
                             let total = st.queued_bytes.saturating_add(len);
+                            let fds = st.queued_fds.saturating_add(reply.fds.len());
                             if total > self.max_queued_bytes {
                                 tracing::warn!(
+                                    device = %self.label,
+                                    limit = "max_queued_bytes",
+                                    max = self.max_queued_bytes,
                                     "peer flooded commands while a reply was awaited; closing"
                                 );
                                 self.close_locked(
                                     &mut st,
                                     ChannelError::QueueFull(self.max_queued_bytes),
                                 );
+                            } else if fds > self.max_queued_fds {
+                                tracing::warn!(
+                                    device = %self.label,
+                                    limit = "max_held_fds",
+                                    max = self.max_queued_fds,
+                                    "peer sent too many fds while a reply was awaited; closing"
+                                );
+                                self.close_locked(
+                                    &mut st,
+                                    ChannelError::QueueFdsFull(self.max_queued_fds),
+                                );
                             } else {
                                 st.queued_bytes = total;
+                                st.queued_fds = fds;
                                 st.queue.push_back(reply.take());
                                 self.wake(&st);
                             }

@@ -8,18 +8,24 @@
 //!   that wakes it when the set changes. Sockets appear and disappear from
 //!   a registry listener ([`Registry::add_listener`]): registering a device
 //!   while the server runs makes it reachable at once; unregistering
-//!   removes its socket file first, so nobody new can connect.
+//!   removes its socket file first, so nobody new can connect. The
+//!   acceptor also enforces the negotiation deadline and answers the
+//!   connections it refuses (see *Limits*), without blocking and without
+//!   a thread per refused client.
 //! - **One thread per connection** runs the [`Session`] state machine over
 //!   a [`Channel`]. This is the simplest sound model for device semantics:
 //!   driver ops are synchronous and may block (a reset, a DMA round trip
 //!   to the client), and a thread of its own means one slow or hostile
-//!   client can only stall itself. The hot path stays two syscalls for a
-//!   request (header + body) and one for the reply, with no cross-thread
-//!   hand-off: the connection thread reads, executes and answers. A few
-//!   hundred connections cost a few hundred mostly idle threads (virtual
-//!   stacks, no CPU); an epoll reactor would save memory but would need a
-//!   worker pool anyway for blocking driver ops, and the perf issue asks
-//!   for measurements before anything fancier.
+//!   client can only stall itself: a client flooding pipelined requests
+//!   costs its own thread's CPU time, and the kernel's scheduler keeps
+//!   the other connections' threads running (`tests/fairness.rs` measures
+//!   it). The hot path stays two syscalls for a request (header + body)
+//!   and one for the reply, with no cross-thread hand-off: the connection
+//!   thread reads, executes and answers. A few hundred connections cost a
+//!   few hundred mostly idle threads (virtual stacks, no CPU); an epoll
+//!   reactor would save memory but would need a worker pool anyway for
+//!   blocking driver ops, and the perf issue asks for measurements before
+//!   anything fancier.
 //! - A device that DMAs through messages (a DMA_MAP without an fd) sends
 //!   DMA_READ/DMA_WRITE from whichever thread it runs on; [`Channel`]
 //!   routes the reply back by message id and queues client commands that
@@ -32,6 +38,81 @@
 //! its VERSION with `EBUSY` and is closed; once the first leaves, the next
 //! can attach. (A consequence: two devices of one IOMMU group cannot be
 //! used by two clients at the same time, as with VFIO.)
+//!
+//! # Limits
+//!
+//! Nothing a client sends sizes an allocation, a loop or a wait without a
+//! bound. Each limit below is configurable ([`ServerConfig`],
+//! [`SessionConfig`]); hitting one costs that client an error reply or its
+//! connection, logs **exactly one warning** (with a `limit` field naming
+//! it), and costs other clients nothing.
+//!
+//! | limit | default | when hit |
+//! |---|---|---|
+//! | message size before VERSION | 64 KiB ([`MAX_VERSION_MSG_SIZE`]) | connection closed |
+//! | message size after VERSION ([`ServerConfig::max_msg_size`]; by default derived from [`SessionConfig::max_data_xfer_size`]: that + 4 KiB, at least 1 MiB + 4 KiB) | 1 MiB + 4 KiB | connection closed |
+//! | data in one REGION_READ/WRITE, DMA_READ/WRITE | `max_data_xfer_size` (1 MiB) | `E2BIG` reply |
+//! | fds with one message ([`SessionConfig::max_msg_fds`]) | 16 | fds closed, `EINVAL` reply |
+//! | fds held for one client: IRQ eventfds + fd-backed DMA mappings ([`SessionConfig::max_held_fds`]) | 1024 | `ENOSPC` reply |
+//! | DMA mappings per client ([`SessionConfig::max_dma_maps`]) | 65535 | `ENOSPC` reply |
+//! | bytes DMA-mapped per client ([`SessionConfig::max_dma_bytes`]) | 1 TiB | `ENOSPC` reply |
+//! | requests to the client awaiting replies ([`ServerConfig::max_pending_requests`]) | 64 | the device's DMA fails with `EAGAIN` |
+//! | a DMA reply's wait ([`ServerConfig::dma_timeout`]) | 5 s | the device's DMA fails with `ETIMEDOUT` |
+//! | commands (bytes, fds) queued while a DMA reply is awaited ([`ServerConfig::max_queued_bytes`], `max_held_fds`) | 64 MiB, 1024 | connection closed |
+//! | clients per device | 1 | `EBUSY` reply to VERSION, closed |
+//! | connections in total ([`ServerConfig::max_connections`]) | 1024 | error reply `EUSERS` to VERSION, closed |
+//! | time from connect to a finished VERSION ([`ServerConfig::negotiation_timeout`]) | 5 s | connection closed |
+//! | time to finish a started message, or to take a reply ([`ServerConfig::io_timeout`]) | 10 s | connection closed |
+//! | peers' uids ([`ServerConfig::allowed_uids`]) | anyone who can open the socket | error reply `EPERM` to VERSION, closed |
+//!
+//! The receive side also never holds more than `max_msg_fds` fds of a
+//! connection at once (see [`crate::transport`]). Arithmetic for the
+//! process as a whole: each fd-backed DMA mapping costs one entry of the
+//! process's `vm.max_map_count` (65530 by default) and each held eventfd
+//! one fd of `RLIMIT_NOFILE`, so `max_connections × max_held_fds` should
+//! stay below both for a hostile set of clients to be unable to starve the
+//! others; lower the per-client limits when serving many untrusted clients.
+//!
+//! # Client memory (no SIGBUS)
+//!
+//! A client's DMA memory comes as an fd with DMA_MAP. The server maps it
+//! only if it is a memfd sealed with `F_SEAL_SHRINK` and at least
+//! `offset + size` bytes long, checked with `F_GET_SEALS` and `fstat`
+//! *before* the `mmap` ([`uvfio_core::MmapRegion::map_sealed`]); anything
+//! else (an unsealed memfd, a regular file, a pipe, a socket, a range past
+//! the end) is refused with `EINVAL` and the fd closed. Once sealed, the
+//! client cannot take the pages away: `ftruncate` to shrink fails with
+//! `EPERM` for the client, unmapping its own copy or closing its fd leaves
+//! our mapping intact, and punching a hole only zeroes pages (shmem
+//! refills them on access). So device DMA into client memory can never
+//! raise `SIGBUS` in the server. DMA_MAP without an fd goes through
+//! DMA_READ/DMA_WRITE messages instead and never maps anything.
+//!
+//! # Access control
+//!
+//! Socket files are mode 0600 in a folder that is created 0700 (and, with
+//! [`ServerConfig::private_socket_dir`], the default, must be a real
+//! folder owned by us and is set to 0700); symlinks
+//! are never followed when sockets are created or removed. Optionally,
+//! [`ServerConfig::allowed_uids`] lists the peer uids (`SO_PEERCRED`)
+//! allowed in; anyone else gets an `EPERM` error reply to VERSION and is
+//! closed.
+//!
+//! # Faults
+//!
+//! Every driver call of a connection runs inside `catch_unwind`. A driver
+//! op that panics gets its request an `EIO` error reply and closes that
+//! connection only (the session, its mappings and eventfds are released;
+//! a panic in `close_device` still releases the device); the device is
+//! marked *faulted* ([`Server::faulted`]). The next client to attach to a
+//! faulted device gets it reset first; if the device cannot be reset (no
+//! reset op, or it fails or panics again) that client gets `EIO` and the
+//! device stays faulted until it is removed, which always works. A driver
+//! op returning an error is just an error reply. If `accept` fails for
+//! lack of fds or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), the
+//! acceptor logs one warning, stops accepting for
+//! [`ACCEPT_BACKOFF`] (pending connections wait in the backlog), and
+//! logs again only once it has recovered.
 //!
 //! # Unregister
 //!
@@ -48,65 +129,109 @@
 //! and a symlink planted at the path is never followed). An existing path
 //! is replaced only if it is a socket nobody listens on; anything else is
 //! left alone and the device is not served (logged). Files are removed on
-//! unregister and on [`Server::shutdown`].
+//! unregister and on [`Server::shutdown`], only if they are still ours.
 
-use std::collections::HashMap;
+mod files;
+mod refuse;
+
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags};
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::SocketFlags;
 use uvfio_core::{
-    Container, DmaBacking, DmaConfig, GroupId, IommuType, OpenOptions, Registry, RegistryEvent,
-    RequestHook,
+    Container, DeviceFlags, DeviceHandle, DmaBacking, DmaConfig, GroupId, IommuType, OpenOptions,
+    Registry, RegistryEvent, RequestHook,
 };
 
-use crate::channel::{Channel, Incoming};
+use crate::channel::{Channel, ChannelError, Incoming};
 use crate::proto::{self, DecodeLimits, Negotiated};
-use crate::session::{Attachment, MessageDmaFactory, Session, SessionConfig, Step};
-use crate::transport::{FrameLimits, Message};
+use crate::session::{Attachment, MessageDmaFactory, Session, SessionConfig, SessionState, Step};
+use crate::transport::{FrameLimits, Message, TransportError};
 
-/// Server settings. Start from [`ServerConfig::new`].
+use files::FileId;
+use refuse::Refusals;
+
+/// Largest message accepted before VERSION is negotiated (a VERSION is a
+/// few hundred bytes of JSON).
+pub const MAX_VERSION_MSG_SIZE: u32 = 64 * 1024;
+
+/// How long the acceptor stops accepting after `accept` failed for lack
+/// of fds or memory.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Server settings. Start from [`ServerConfig::new`]. See the module docs
+/// (*Limits*) for what each limit does when a client reaches it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
     /// Directory holding the `NAME.sock` files (created 0700 if missing).
     pub socket_dir: PathBuf,
+    /// An existing socket folder must be a real folder owned by our
+    /// effective uid, and is set to mode 0700 (default true). Turn off to
+    /// manage the folder's ownership and mode yourself (e.g. to share it
+    /// with a group).
+    pub private_socket_dir: bool,
     /// How long a client may keep a device after unregister asked it to
     /// let go, before the server closes its connection.
     pub grace_period: Duration,
     /// How long a device waits for the client to answer a DMA_READ or
     /// DMA_WRITE before the DMA fails with `ETIMEDOUT`.
     pub dma_timeout: Duration,
-    /// How long a client may stall in the middle of a message, or leave a
-    /// reply unread, before its connection is dropped.
+    /// How long a client may take to send a message once it started it,
+    /// or leave a reply unread, before its connection is dropped.
     pub io_timeout: Duration,
+    /// How long a client may take from connecting to a finished VERSION
+    /// exchange before its connection is dropped (slowloris guard).
+    pub negotiation_timeout: Duration,
     /// The receive limits we advertise (`max_data_xfer_size`,
-    /// `max_msg_fds`, `max_dma_maps`, `pgsizes`).
+    /// `max_msg_fds`, `max_dma_maps`, `pgsizes`) and the per-client
+    /// budgets (`max_dma_bytes`, `max_held_fds`).
     pub session: SessionConfig,
     /// Bytes of client commands queued while a DMA reply is awaited before
     /// the connection is considered abusive and dropped.
     pub max_queued_bytes: usize,
+    /// Most DMA_READ/DMA_WRITE requests to one client awaiting replies at
+    /// once; more fail at once with `EAGAIN`.
+    pub max_pending_requests: usize,
+    /// Most connections at once, negotiated or not, across all devices.
+    pub max_connections: usize,
+    /// Largest message (header included) accepted after VERSION; `None`
+    /// (the default) derives it from `session.max_data_xfer_size`. Before
+    /// VERSION the cap is [`MAX_VERSION_MSG_SIZE`] (or this, if smaller).
+    pub max_msg_size: Option<u32>,
+    /// If set, only peers with one of these uids (`SO_PEERCRED`) may
+    /// connect; others get `EPERM`.
+    pub allowed_uids: Option<Vec<u32>>,
 }
 
 impl ServerConfig {
     /// Defaults for sockets in `socket_dir`: 5 s grace period, 5 s DMA
-    /// timeout (QEMU's per-reply timeout), 10 s I/O timeout, 1 MiB data
-    /// transfers, 16 fds, 65535 DMA maps, 64 MiB of queued commands.
+    /// timeout (QEMU's per-reply timeout), 10 s I/O timeout, 5 s to
+    /// negotiate, 1 MiB data transfers, 16 fds per message, 1024 held fds,
+    /// 65535 DMA maps and 1 TiB mapped per client, 64 MiB of queued
+    /// commands, 64 pending DMA requests, 1024 connections, any uid.
     pub fn new(socket_dir: impl Into<PathBuf>) -> ServerConfig {
         ServerConfig {
             socket_dir: socket_dir.into(),
+            private_socket_dir: true,
             grace_period: Duration::from_secs(5),
             dma_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(10),
+            negotiation_timeout: Duration::from_secs(5),
             session: SessionConfig::default(),
             max_queued_bytes: 64 << 20,
+            max_pending_requests: 64,
+            max_connections: 1024,
+            max_msg_size: None,
+            allowed_uids: None,
         }
     }
 
@@ -131,10 +256,59 @@ impl ServerConfig {
         self
     }
 
+    /// Sets [`ServerConfig::negotiation_timeout`].
+    #[must_use]
+    pub fn negotiation_timeout(mut self, d: Duration) -> Self {
+        self.negotiation_timeout = d;
+        self
+    }
+
     /// Sets [`ServerConfig::session`].
     #[must_use]
     pub fn session(mut self, s: SessionConfig) -> Self {
         self.session = s;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_queued_bytes`].
+    #[must_use]
+    pub fn max_queued_bytes(mut self, n: usize) -> Self {
+        self.max_queued_bytes = n;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_pending_requests`].
+    #[must_use]
+    pub fn max_pending_requests(mut self, n: usize) -> Self {
+        self.max_pending_requests = n;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_connections`].
+    #[must_use]
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_msg_size`].
+    #[must_use]
+    pub fn max_msg_size(mut self, n: u32) -> Self {
+        self.max_msg_size = Some(n);
+        self
+    }
+
+    /// Sets [`ServerConfig::allowed_uids`].
+    #[must_use]
+    pub fn allowed_uids(mut self, uids: impl IntoIterator<Item = u32>) -> Self {
+        self.allowed_uids = Some(uids.into_iter().collect());
+        self
+    }
+
+    /// Sets [`ServerConfig::private_socket_dir`].
+    #[must_use]
+    pub fn private_socket_dir(mut self, on: bool) -> Self {
+        self.private_socket_dir = on;
         self
     }
 }
@@ -143,6 +317,7 @@ impl ServerConfig {
 struct Endpoint {
     group: GroupId,
     path: PathBuf,
+    file: FileId,
     listener: Arc<OwnedFd>,
 }
 
@@ -151,6 +326,8 @@ struct ConnEntry {
     device: String,
     shared: Arc<ConnShared>,
     thread: Option<JoinHandle<()>>,
+    /// The VERSION exchange must be over by then.
+    negotiate_by: Instant,
 }
 
 /// Shared between a connection thread, its grace timer and the server.
@@ -159,6 +336,9 @@ struct ConnShared {
     ended: Mutex<bool>,
     ended_cv: Condvar,
     grace_armed: AtomicBool,
+    /// Negotiated, or closed for not negotiating in time: either way the
+    /// acceptor stops watching the deadline.
+    deadline_done: AtomicBool,
 }
 
 impl ConnShared {
@@ -191,6 +371,8 @@ struct State {
     conns: HashMap<u64, ConnEntry>,
     next_conn: u64,
     stopping: bool,
+    /// Devices whose driver panicked under a connection.
+    faulted: HashSet<String>,
 }
 
 struct Inner {
@@ -221,14 +403,15 @@ impl Inner {
             return;
         }
         let path = self.socket_path(name);
-        match bind_listener(&path) {
-            Ok(listener) => {
+        match files::bind_listener(&path) {
+            Ok((listener, file)) => {
                 tracing::info!(device = name, path = %path.display(), "serving");
                 st.endpoints.insert(
                     name.to_owned(),
                     Endpoint {
                         group,
                         path,
+                        file,
                         listener: Arc::new(listener),
                     },
                 );
@@ -244,7 +427,7 @@ impl Inner {
     /// listener (once the acceptor lets go of it).
     fn remove_endpoint(&self, st: &mut State, name: &str) {
         if let Some(ep) = st.endpoints.remove(name) {
-            remove_socket_file(&ep.path);
+            files::remove_socket_file(&ep.path, ep.file);
             self.wake_acceptor();
             tracing::info!(device = name, "no longer serving");
         }
@@ -253,9 +436,24 @@ impl Inner {
     fn on_event(&self, ev: &RegistryEvent) {
         let mut st = self.lock();
         match ev {
-            RegistryEvent::Registered { name, group } => self.add_endpoint(&mut st, name, *group),
-            RegistryEvent::Unregistering { name } => self.remove_endpoint(&mut st, name),
+            RegistryEvent::Registered { name, group } => {
+                // A new device under an old name starts with a clean slate.
+                st.faulted.remove(name.as_str());
+                self.add_endpoint(&mut st, name, *group);
+            }
+            RegistryEvent::Unregistering { name } => {
+                st.faulted.remove(name.as_str());
+                self.remove_endpoint(&mut st, name);
+            }
         }
+    }
+
+    fn mark_faulted(&self, name: &str) {
+        self.lock().faulted.insert(name.to_owned());
+    }
+
+    fn is_faulted(&self, name: &str) -> bool {
+        self.lock().faulted.contains(name)
     }
 }
 
@@ -277,17 +475,12 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts serving every device registered in `registry` now and later.
     ///
-    /// Fails if the socket directory cannot be created or the acceptor
-    /// cannot start. A device whose socket cannot be created is logged and
+    /// Fails if the socket directory cannot be created, is not acceptable
+    /// (see [`ServerConfig::private_socket_dir`]) or the acceptor cannot
+    /// start. A device whose socket cannot be created is logged and
     /// skipped (see [`Server::socket_path`]).
     pub fn new(registry: Registry, config: ServerConfig) -> std::io::Result<Server> {
-        if !config.socket_dir.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&config.socket_dir)?;
-        }
+        files::prepare_dir(&config.socket_dir, config.private_socket_dir)?;
         let wake = uvfio_core::irq::eventfd().map_err(std::io::Error::from)?;
         let inner = Arc::new(Inner {
             registry: registry.clone(),
@@ -297,6 +490,7 @@ impl Server {
                 conns: HashMap::new(),
                 next_conn: 1,
                 stopping: false,
+                faulted: HashSet::new(),
             }),
             wake,
         });
@@ -318,7 +512,7 @@ impl Server {
         let acc = inner.clone();
         let acceptor = std::thread::Builder::new()
             .name("uvfio-user-accept".into())
-            .spawn(move || accept_loop(&acc))?;
+            .spawn(move || Acceptor::default().run(&acc))?;
         Ok(Server {
             inner,
             acceptor: Some(acceptor),
@@ -354,6 +548,14 @@ impl Server {
             .values()
             .filter(|c| c.device == device)
             .count()
+    }
+
+    /// Devices whose driver panicked under a connection and have not been
+    /// reset since (sorted); see the module docs (*Faults*).
+    pub fn faulted(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.lock().faulted.iter().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Closes every connection to `device` now (the clients see EOF).
@@ -406,57 +608,197 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(inner: &Arc<Inner>) {
-    loop {
-        let listeners: Vec<(String, GroupId, Arc<OwnedFd>)> = {
-            let st = inner.lock();
-            if st.stopping {
-                return;
-            }
-            st.endpoints
-                .iter()
-                .map(|(n, e)| (n.clone(), e.group, e.listener.clone()))
-                .collect()
-        };
-        let ready = {
-            let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(listeners.len() + 1);
-            pfds.push(PollFd::new(&inner.wake, PollFlags::IN));
-            for (_, _, l) in &listeners {
-                pfds.push(PollFd::new(&**l, PollFlags::IN));
-            }
-            match rustix::event::poll(&mut pfds, None) {
-                Ok(_) => {}
-                Err(Errno::INTR) => continue,
-                Err(e) => {
-                    tracing::error!("acceptor poll failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            }
-            pfds.iter()
-                .map(|p| !p.revents().is_empty())
-                .collect::<Vec<bool>>()
-        };
-        if ready.first().copied().unwrap_or(false) {
-            // Drain the wake-up; the loop re-reads the set.
-            let _ = uvfio_core::irq::read_eventfd(&inner.wake);
+/// The acceptor thread's own state.
+#[derive(Default)]
+struct Acceptor {
+    refusals: Refusals,
+    /// Not accepting until then (after EMFILE and the like).
+    backoff_until: Option<Instant>,
+    /// An fd-exhaustion episode was logged and has not ended yet.
+    starved: bool,
+}
+
+fn poll_timeout(deadline: Option<Instant>, now: Instant) -> Option<Timespec> {
+    deadline.map(|d| {
+        let left = d.saturating_duration_since(now);
+        Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            // Round up so we never wake just before the deadline.
+            tv_nsec: i64::from(left.subsec_nanos().saturating_add(999_999) / 1_000_000 * 1_000_000)
+                .min(999_999_999),
         }
-        for ((name, group, l), r) in listeners.iter().zip(ready.iter().skip(1)) {
-            if !*r {
-                continue;
+    })
+}
+
+impl Acceptor {
+    fn run(mut self, inner: &Arc<Inner>) {
+        loop {
+            let now = Instant::now();
+            let (listeners, negotiation_deadline) = {
+                let st = inner.lock();
+                if st.stopping {
+                    return;
+                }
+                let deadline = enforce_negotiation_deadlines(&st, now);
+                let l: Vec<(String, GroupId, Arc<OwnedFd>)> = st
+                    .endpoints
+                    .iter()
+                    .map(|(n, e)| (n.clone(), e.group, e.listener.clone()))
+                    .collect();
+                (l, deadline)
+            };
+            if self.backoff_until.is_some_and(|t| now >= t) {
+                self.backoff_until = None;
             }
-            loop {
-                match rustix::net::accept_with(&**l, SocketFlags::CLOEXEC) {
-                    Ok(sock) => spawn_connection(inner, name, *group, sock),
-                    Err(Errno::INTR) => continue,
-                    Err(Errno::AGAIN) => break,
-                    Err(e) => {
-                        tracing::warn!(device = %name, "accept failed: {e}");
-                        break;
+            let listening = self.backoff_until.is_none();
+            let deadline = [
+                negotiation_deadline,
+                self.refusals.next_deadline(),
+                self.backoff_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let ready = {
+                let mut pfds: Vec<PollFd<'_>> =
+                    Vec::with_capacity(listeners.len() + self.refusals.len() + 1);
+                pfds.push(PollFd::new(&inner.wake, PollFlags::IN));
+                for fd in self.refusals.fds() {
+                    pfds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                }
+                if listening {
+                    for (_, _, l) in &listeners {
+                        pfds.push(PollFd::new(&**l, PollFlags::IN));
                     }
                 }
+                match rustix::event::poll(&mut pfds, poll_timeout(deadline, now).as_ref()) {
+                    Ok(_) => {}
+                    Err(Errno::INTR) => continue,
+                    Err(e) => {
+                        tracing::error!("acceptor poll failed: {e}");
+                        std::thread::sleep(ACCEPT_BACKOFF);
+                        continue;
+                    }
+                }
+                pfds.iter()
+                    .map(|p| !p.revents().is_empty())
+                    .collect::<Vec<bool>>()
+            };
+            if ready.first().copied().unwrap_or(false) {
+                // Drain the wake-up; the loop re-reads the set.
+                let _ = uvfio_core::irq::read_eventfd(&inner.wake);
+            }
+            let nref = self.refusals.len();
+            let refusal_ready = ready.get(1..1 + nref).unwrap_or(&[]);
+            self.refusals.service(refusal_ready, Instant::now());
+            if !listening {
+                continue;
+            }
+            let listener_ready = ready.get(1 + nref..).unwrap_or(&[]);
+            for ((name, group, l), r) in listeners.iter().zip(listener_ready) {
+                if *r && !self.accept_all(inner, name, *group, l) {
+                    break;
+                }
             }
         }
+    }
+
+    /// Accepts every pending connection of one listener; false if the
+    /// acceptor must back off.
+    fn accept_all(&mut self, inner: &Arc<Inner>, name: &str, group: GroupId, l: &OwnedFd) -> bool {
+        loop {
+            match rustix::net::accept_with(l, SocketFlags::CLOEXEC) {
+                Ok(sock) => {
+                    if self.starved {
+                        self.starved = false;
+                        tracing::info!("accepting connections again");
+                    }
+                    self.admit(inner, name, group, sock);
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return true,
+                Err(e @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
+                    if !self.starved {
+                        self.starved = true;
+                        tracing::warn!(
+                            device = name,
+                            limit = "process_fds",
+                            "accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time until it works again"
+                        );
+                    }
+                    self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(device = name, "accept failed: {e}");
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Serves, or refuses, a new connection.
+    fn admit(&mut self, inner: &Arc<Inner>, name: &str, group: GroupId, sock: OwnedFd) {
+        let cfg = &inner.config;
+        let refuse_by = Instant::now() + cfg.negotiation_timeout;
+        if let Some(allowed) = &cfg.allowed_uids {
+            let uid = rustix::net::sockopt::socket_peercred(&sock).map(|c| c.uid.as_raw());
+            if !uid.as_ref().is_ok_and(|u| allowed.contains(u)) {
+                tracing::warn!(
+                    device = name,
+                    limit = "allowed_uids",
+                    uid = ?uid.ok(),
+                    "refusing a client whose uid is not allowed (EPERM)"
+                );
+                self.refusals.add(sock, Errno::PERM, refuse_by);
+                return;
+            }
+        }
+        let live = inner.lock().conns.len();
+        if live >= cfg.max_connections {
+            tracing::warn!(
+                device = name,
+                limit = "max_connections",
+                max = cfg.max_connections,
+                "too many connections; refusing this one (EUSERS)"
+            );
+            self.refusals.add(sock, Errno::USERS, refuse_by);
+            return;
+        }
+        spawn_connection(inner, name, group, sock);
+    }
+}
+
+/// Closes connections that have not negotiated in time; returns the next
+/// deadline to watch.
+fn enforce_negotiation_deadlines(st: &State, now: Instant) -> Option<Instant> {
+    let mut next: Option<Instant> = None;
+    for c in st.conns.values() {
+        if c.shared.deadline_done.load(Ordering::Acquire) {
+            continue;
+        }
+        if now >= c.negotiate_by {
+            if !c.shared.deadline_done.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    device = %c.device,
+                    limit = "negotiation_timeout",
+                    "client did not finish VERSION in time; closing"
+                );
+                c.shared.chan.shutdown();
+            }
+        } else {
+            next = Some(next.map_or(c.negotiate_by, |n| n.min(c.negotiate_by)));
+        }
+    }
+    next
+}
+
+/// The read limits of a connection until VERSION is negotiated.
+pub(crate) fn pre_negotiation_limits(session: &SessionConfig, io_timeout: Duration) -> FrameLimits {
+    FrameLimits {
+        max_msg_size: MAX_VERSION_MSG_SIZE.min(proto::DEFAULT_MAX_MSG_SIZE),
+        max_fds: usize::try_from(session.max_msg_fds).unwrap_or(usize::MAX),
+        frame_timeout: io_timeout,
     }
 }
 
@@ -466,16 +808,22 @@ fn spawn_connection(inner: &Arc<Inner>, name: &str, group: GroupId, sock: OwnedF
     if let Err(e) = crate::transport::set_send_timeout(&sock, Some(cfg.io_timeout)) {
         tracing::warn!("SO_SNDTIMEO: {e}");
     }
-    let limits = FrameLimits {
-        frame_timeout: cfg.io_timeout,
-        ..FrameLimits::default()
-    };
-    let chan = Arc::new(Channel::new(sock, limits, cfg.max_queued_bytes));
+    let mut limits = pre_negotiation_limits(&cfg.session, cfg.io_timeout);
+    if let Some(m) = cfg.max_msg_size {
+        limits.max_msg_size = limits.max_msg_size.min(m);
+    }
+    let max_held = usize::try_from(cfg.session.max_held_fds).unwrap_or(usize::MAX);
+    let chan = Arc::new(
+        Channel::new(sock, limits, cfg.max_queued_bytes)
+            .with_caps(max_held, cfg.max_pending_requests)
+            .with_label(name),
+    );
     let shared = Arc::new(ConnShared {
         chan,
         ended: Mutex::new(false),
         ended_cv: Condvar::new(),
         grace_armed: AtomicBool::new(false),
+        deadline_done: AtomicBool::new(false),
     });
     // The lock is held across spawn and insert, so the thread's own
     // removal (which takes it) always finds its entry.
@@ -506,6 +854,7 @@ fn spawn_connection(inner: &Arc<Inner>, name: &str, group: GroupId, sock: OwnedF
                     device: name.to_owned(),
                     shared,
                     thread: Some(t),
+                    negotiate_by: Instant::now() + cfg.negotiation_timeout,
                 },
             );
         }
@@ -522,6 +871,89 @@ fn peer_label(sock: BorrowedFd<'_>) -> String {
             c.uid.as_raw()
         ),
         Err(_) => "vfio-user client".to_owned(),
+    }
+}
+
+/// The text of a panic payload.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s
+    } else {
+        "(non-text panic payload)"
+    }
+}
+
+/// Brings a faulted device back before a new client uses it: a reset,
+/// itself guarded. `EIO` if the device cannot be reset.
+fn recover(handle: &DeviceHandle, name: &str) -> Result<(), Errno> {
+    if !handle.info().flags.contains(DeviceFlags::RESET) {
+        tracing::warn!(
+            device = name,
+            "faulted device has no reset; refusing the client (EIO)"
+        );
+        return Err(Errno::IO);
+    }
+    match catch_unwind(AssertUnwindSafe(|| handle.reset())) {
+        Ok(Ok(())) => {
+            tracing::info!(device = name, "faulted device reset for a new client");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(
+                device = name,
+                "resetting the faulted device failed: {e}; refusing the client (EIO)"
+            );
+            Err(Errno::IO)
+        }
+        Err(p) => {
+            tracing::error!(
+                device = name,
+                "resetting the faulted device panicked: {}; refusing the client (EIO)",
+                panic_text(&*p)
+            );
+            Err(Errno::IO)
+        }
+    }
+}
+
+/// Logs why a connection's read side ended: a limit is one warning, the
+/// rest (EOF, our own shutdown, a limit the channel already reported) a
+/// debug line.
+fn log_end(name: &str, e: &ChannelError, cfg: &ServerConfig) {
+    match e {
+        ChannelError::Closed(TransportError::BadSize { msg_size, max }) if msg_size > max => {
+            tracing::warn!(
+                device = name,
+                limit = "max_msg_size",
+                msg_size,
+                max,
+                "message larger than allowed; closing"
+            );
+        }
+        ChannelError::Closed(TransportError::Stalled { got, want }) => {
+            tracing::warn!(
+                device = name,
+                limit = "io_timeout",
+                got,
+                want,
+                timeout = ?cfg.io_timeout,
+                "client did not finish a message in time; closing"
+            );
+        }
+        ChannelError::Closed(TransportError::FdFlood { max }) => {
+            tracing::warn!(
+                device = name,
+                limit = "max_msg_fds",
+                max,
+                "client sent fds in too many pieces; closing"
+            );
+        }
+        ChannelError::Closed(e @ TransportError::BadSize { .. }) => {
+            tracing::warn!(device = name, "unreadable stream: {e}; closing");
+        }
+        _ => tracing::debug!(device = name, "connection ends: {e}"),
     }
 }
 
@@ -563,6 +995,7 @@ fn run_connection(inner: &Weak<Inner>, name: &str, group: GroupId, shared: &Arc<
     });
 
     let dev_name = name.to_owned();
+    let server_ref = inner.clone();
     let dma_cfg = DmaConfig {
         pgsizes: cfg.session.pgsizes,
         entry_limit: usize::try_from(cfg.session.max_dma_maps).unwrap_or(usize::MAX),
@@ -579,6 +1012,12 @@ fn run_connection(inner: &Weak<Inner>, name: &str, group: GroupId, shared: &Arc<
                 on_request: Some(on_request),
             },
         )?;
+        if let Some(server) = server_ref.upgrade() {
+            if server.is_faulted(&dev_name) {
+                recover(&handle, &dev_name)?;
+                server.lock().faulted.remove(dev_name.as_str());
+            }
+        }
         Ok(Attachment {
             handle,
             group,
@@ -586,38 +1025,96 @@ fn run_connection(inner: &Weak<Inner>, name: &str, group: GroupId, shared: &Arc<
         })
     });
 
-    let mut session = Session::new(
+    let session = Session::new(
         cfg.session.clone(),
         attach,
         MessageDmaChannel {
             chan: Arc::downgrade(&chan),
             timeout: cfg.dma_timeout,
+            device: name.to_owned(),
         },
     );
+    let panicked = serve(name, &chan, session, shared, &cfg);
+    if panicked {
+        if let Some(server) = inner.upgrade() {
+            server.mark_faulted(name);
+        }
+    }
+    tracing::debug!(device = name, "disconnected");
+}
+
+/// The message loop of one connection; returns whether the driver
+/// panicked. Releases the session (every mapping and eventfd, the device
+/// handle) before returning, also when a driver op panicked.
+fn serve(
+    name: &str,
+    chan: &Channel,
+    mut session: Session,
+    shared: &ConnShared,
+    cfg: &ServerConfig,
+) -> bool {
     let mut msg = Message::default();
     let mut out = crate::session::Output::default();
+    let mut panicked = false;
     loop {
-        match chan.next_command(&mut msg) {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::debug!(device = name, "connection ends: {e}");
-                break;
-            }
+        if let Err(e) = chan.next_command(&mut msg) {
+            log_end(name, &e, cfg);
+            break;
         }
-        let step = session.handle(&mut msg, &mut out);
+        if msg.fds_rejected {
+            tracing::warn!(
+                device = name,
+                limit = "max_msg_fds",
+                max = cfg.session.max_msg_fds,
+                "message came with too many fds; closed them, replying EINVAL"
+            );
+        }
+        let header = msg.header;
+        let step = match catch_unwind(AssertUnwindSafe(|| session.handle(&mut msg, &mut out))) {
+            Ok(step) => step,
+            Err(p) => {
+                tracing::error!(
+                    device = name,
+                    "driver panicked: {}; closing the connection and marking the device faulted",
+                    panic_text(&*p)
+                );
+                panicked = true;
+                out.clear();
+                let raw = proto::RawHeader::parse(&header);
+                if raw.flags & proto::VFIO_USER_F_NO_REPLY == 0 {
+                    proto::encode_error_reply(raw.msg_id, raw.command, Errno::IO, &mut out.bytes);
+                }
+                Step::Close
+            }
+        };
         if !out.bytes.is_empty() {
             let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(|f| f.as_fd()).collect();
             let r = chan.send(&out.bytes, &fds);
             drop(fds);
             out.clear();
             if let Err(e) = r {
-                tracing::debug!(device = name, "cannot reply: {e}");
+                match e {
+                    ChannelError::Closed(TransportError::Stalled { .. }) => tracing::warn!(
+                        device = name,
+                        limit = "io_timeout",
+                        timeout = ?cfg.io_timeout,
+                        "client does not read its replies; closing"
+                    ),
+                    e => tracing::debug!(device = name, "cannot reply: {e}"),
+                }
                 break;
             }
+        }
+        out.clear();
+        if session.state() == SessionState::Ready {
+            shared.deadline_done.store(true, Ordering::Release);
         }
         if let Some(limits) = session.take_new_limits() {
             chan.set_limits(FrameLimits {
                 frame_timeout: cfg.io_timeout,
+                max_msg_size: cfg
+                    .max_msg_size
+                    .map_or(limits.max_msg_size, |m| m.min(limits.max_msg_size)),
                 ..limits
             });
         }
@@ -627,79 +1124,22 @@ fn run_connection(inner: &Weak<Inner>, name: &str, group: GroupId, shared: &Arc<
     }
     // Balances attach: handle (close_device on the last), group, container
     // (every mapping unmapped), eventfds (cleared by the core).
-    drop(session);
-    tracing::debug!(device = name, "disconnected");
-}
-
-/// Creates the listening socket at `path`, mode 0600, non-blocking.
-fn bind_listener(path: &Path) -> Result<OwnedFd, Errno> {
-    match rustix::fs::lstat(path) {
-        Err(Errno::NOENT) => {}
-        Err(e) => return Err(e),
-        Ok(st) => {
-            if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
-                // A file, a directory or a symlink: not ours to replace.
-                return Err(Errno::EXIST);
-            }
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(Errno::ADDRINUSE),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "replacing a stale socket");
-                    rustix::fs::unlink(path)?;
-                }
-                Err(e) => return Err(Errno::from_io_error(&e).unwrap_or(Errno::EXIST)),
-            }
-        }
+    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(session))) {
+        tracing::error!(
+            device = name,
+            "driver panicked while the connection was released: {}",
+            panic_text(&*p)
+        );
+        panicked = true;
     }
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    let addr = SocketAddrUnix::new(path)?;
-    rustix::net::bind(&sock, &addr)?;
-    if let Err(e) = restrict_mode(path) {
-        remove_socket_file(path);
-        return Err(e);
-    }
-    if let Err(e) = rustix::net::listen(&sock, 128) {
-        remove_socket_file(path);
-        return Err(e);
-    }
-    Ok(sock)
-}
-
-/// chmod 0600 without following a symlink swapped in after bind.
-fn restrict_mode(path: &Path) -> Result<(), Errno> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&fd)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
-        return Err(Errno::EXIST);
-    }
-    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    rustix::fs::chmod(proc_path.as_str(), Mode::from_raw_mode(0o600))
-}
-
-fn remove_socket_file(path: &Path) {
-    match rustix::fs::lstat(path) {
-        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Socket => {
-            if let Err(e) = rustix::fs::unlink(path) {
-                tracing::warn!(path = %path.display(), "cannot remove socket: {e}");
-            }
-        }
-        _ => {}
-    }
+    panicked
 }
 
 /// Makes [`MessageDma`] backings for one connection.
 struct MessageDmaChannel {
     chan: Weak<Channel>,
     timeout: Duration,
+    device: String,
 }
 
 impl MessageDmaFactory for MessageDmaChannel {
@@ -716,6 +1156,7 @@ impl MessageDmaFactory for MessageDmaChannel {
                 .max(1),
             limits,
             timeout: self.timeout,
+            device: self.device.clone(),
         })
     }
 }
@@ -735,6 +1176,7 @@ struct MessageDma {
     chunk: u32,
     limits: DecodeLimits,
     timeout: Duration,
+    device: String,
 }
 
 impl std::fmt::Debug for MessageDma {
@@ -761,13 +1203,22 @@ impl MessageDma {
         let mut reply = Message::default();
         chan.call(id, &bytes, &[], self.timeout, Incoming::Queue, &mut reply)
             .map_err(|e| {
-                tracing::warn!("DMA request failed: {e}");
+                match e {
+                    ChannelError::Timeout(t) => tracing::warn!(
+                        device = %self.device,
+                        limit = "dma_timeout",
+                        timeout = ?t,
+                        "the client did not answer a DMA request in time (ETIMEDOUT)"
+                    ),
+                    // Reported by the channel, or the connection is gone.
+                    ref e => tracing::debug!("DMA request failed: {e}"),
+                }
                 e.errno()
             })?;
         let header = proto::Header::decode(&reply.header, &self.limits).map_err(|_| Errno::IO)?;
         let decoded = proto::decode_reply(&header, &reply.body, reply.fds.len(), &self.limits)
             .map_err(|e| {
-                tracing::warn!("bad DMA reply: {e}");
+                tracing::warn!(device = %self.device, "bad DMA reply: {e}");
                 Errno::IO
             })?;
         if decoded.command() != req.command() {

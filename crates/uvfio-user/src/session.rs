@@ -35,6 +35,9 @@ use crate::transport::{FrameLimits, Message};
 
 pub(crate) mod migration;
 
+mod budget;
+pub use budget::{DEFAULT_MAX_DMA_BYTES, DEFAULT_MAX_HELD_FDS};
+
 /// The limits a server advertises (what it can receive).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -47,6 +50,13 @@ pub struct SessionConfig {
     pub max_dma_maps: u32,
     /// DMA page sizes (4 KiB).
     pub pgsizes: u64,
+    /// Most bytes one client may have DMA-mapped at once, with or without
+    /// fds ([`DEFAULT_MAX_DMA_BYTES`]); past it DMA_MAP is `ENOSPC`.
+    pub max_dma_bytes: u64,
+    /// Most fds one client may make the server hold: eventfds bound to
+    /// interrupts plus fd-backed DMA mappings ([`DEFAULT_MAX_HELD_FDS`]);
+    /// past it SET_IRQS or DMA_MAP is `ENOSPC`.
+    pub max_held_fds: u32,
 }
 
 impl Default for SessionConfig {
@@ -56,6 +66,8 @@ impl Default for SessionConfig {
             max_msg_fds: proto::DEFAULT_MAX_MSG_FDS,
             max_dma_maps: proto::DEFAULT_CAP_MAX_DMA_MAPS,
             pgsizes: proto::DEFAULT_CAP_PGSIZES,
+            max_dma_bytes: DEFAULT_MAX_DMA_BYTES,
+            max_held_fds: DEFAULT_MAX_HELD_FDS,
         }
     }
 }
@@ -156,6 +168,7 @@ struct Ready {
     negotiated: Negotiated,
     limits: DecodeLimits,
     att: Attachment,
+    budget: budget::Budget,
 }
 
 enum State {
@@ -415,6 +428,7 @@ impl Session {
             negotiated,
             limits,
             att,
+            budget: budget::Budget::new(&self.config),
         }));
         Step::Continue
     }
@@ -438,6 +452,8 @@ impl Ready {
                 if perm.is_empty() {
                     return Err(Errno::INVAL);
                 }
+                let with_fd = !fds.is_empty();
+                self.budget.check_map(m.size, with_fd)?;
                 let backing = match fds.pop() {
                     // map_user_fd insists on a memfd sealed against
                     // shrinking: a client cannot make us fault later.
@@ -447,10 +463,12 @@ impl Ready {
                 self.att
                     .container
                     .map_dma(m.address, m.size, perm, backing, 0)?;
+                self.budget.note_map(m.address, m.size, with_fd);
                 reply(out, header, &Reply::DmaMap);
             }
             Request::DmaUnmap(m) => {
                 let bitmap = self.dma_unmap(&m)?;
+                self.budget.note_unmap(&m);
                 reply(
                     out,
                     header,
@@ -520,6 +538,8 @@ impl Ready {
                     return Err(Errno::INVAL);
                 }
                 let count = usize::try_from(s.count).map_err(|_| Errno::INVAL)?;
+                let nfds = fds.len();
+                self.budget.check_irqs(&s, nfds)?;
                 let action = match s.action {
                     proto::IrqAction::Mask => uvfio_core::IrqAction::Mask,
                     proto::IrqAction::Unmask => uvfio_core::IrqAction::Unmask,
@@ -544,6 +564,7 @@ impl Ready {
                     action,
                     data,
                 })?;
+                self.budget.note_irqs(&s, nfds);
                 reply(out, header, &Reply::DeviceSetIrqs);
             }
             Request::RegionRead(a) => {

@@ -16,9 +16,16 @@
 //!   is closed, and [`Message::fds_rejected`] tells the caller to answer it
 //!   with an error.
 //! - An EOF before the first byte of a message is a clean close; an EOF
-//!   inside a message, a size outside `16..=max_msg_size` and a stall inside
-//!   a message longer than [`FrameLimits::frame_timeout`] make the stream
+//!   inside a message, a size outside `16..=max_msg_size` and a message
+//!   not finished within [`FrameLimits::frame_timeout`] of its first byte
+//!   (a slow drip counts, not just one long stall) make the stream
 //!   unreadable ([`TransportError::is_fatal`]).
+//! - A [`RecvBuffer`] holds at most `max_fds` received fds at a time and
+//!   at most [`MAX_FD_CHUNKS`] separately received batches of them: fds
+//!   beyond are closed at once (their message is rejected), and a peer
+//!   that keeps sending fds in tiny pieces is cut off
+//!   ([`TransportError::FdFlood`]), so no peer can make the process run
+//!   out of fds or grow a list without bound.
 //! - Sends carry the fds on the first `sendmsg` and loop over short writes;
 //!   `MSG_NOSIGNAL` keeps a vanished peer from raising `SIGPIPE`.
 //!
@@ -49,7 +56,8 @@ pub struct FrameLimits {
     pub max_msg_size: u32,
     /// Most fds accepted with one message (capped at [`SCM_MAX_FD`]).
     pub max_fds: usize,
-    /// Longest a peer may stall in the middle of a message.
+    /// Longest a peer may take to send a message, from its first byte to
+    /// its last (a drip-feed is cut off as surely as a stall).
     pub frame_timeout: Duration,
 }
 
@@ -177,6 +185,12 @@ pub enum TransportError {
     /// A socket call failed.
     #[error("socket error: {0}")]
     Io(#[source] Errno),
+    /// The peer sent fds in more separate pieces than one message can use.
+    #[error("fds arrived in more than {max} separate pieces within one message")]
+    FdFlood {
+        /// The most pieces allowed ([`MAX_FD_CHUNKS`]).
+        max: usize,
+    },
 }
 
 impl TransportError {
@@ -194,7 +208,7 @@ impl TransportError {
     pub fn errno(&self) -> Errno {
         match self {
             TransportError::Closed | TransportError::Truncated { .. } => Errno::NOTCONN,
-            TransportError::BadSize { .. } => Errno::PROTO,
+            TransportError::BadSize { .. } | TransportError::FdFlood { .. } => Errno::PROTO,
             TransportError::TooManyFds { .. } => Errno::INVAL,
             TransportError::Timeout | TransportError::Stalled { .. } => Errno::TIMEDOUT,
             TransportError::Io(e) => *e,
@@ -232,12 +246,13 @@ pub fn recv_message(
 
     // Header: the fds come with its first byte.
     let mut got = 0;
+    let mut started = None;
     while got < HEADER_SIZE {
         let n = recv_chunk(
             sock,
             &mut msg.header[got..],
             got > 0,
-            limits.frame_timeout,
+            time_left(started, limits.frame_timeout),
             (got, HEADER_SIZE),
             max_fds,
             &mut msg.fds,
@@ -254,6 +269,7 @@ pub fn recv_message(
                 }
             });
         }
+        started.get_or_insert_with(Instant::now);
         got += n;
     }
 
@@ -274,7 +290,7 @@ pub fn recv_message(
             sock,
             &mut msg.body[done..],
             true,
-            limits.frame_timeout,
+            time_left(started, limits.frame_timeout),
             (HEADER_SIZE + done, size),
             max_fds,
             &mut msg.fds,
@@ -295,6 +311,20 @@ pub fn recv_message(
     }
     Ok(())
 }
+
+/// What is left of `budget` since `started` (all of it before a start).
+fn time_left(started: Option<Instant>, budget: Duration) -> Duration {
+    match started {
+        None => budget,
+        Some(s) => budget.saturating_sub(s.elapsed()),
+    }
+}
+
+/// Most batches of fds (one per `recvmsg` that carried any) a
+/// [`RecvBuffer`] keeps at once. An honest peer sends a message and its
+/// fds with one `sendmsg`, and Linux ends a read at the first batch, so
+/// one or two are ever pending.
+pub const MAX_FD_CHUNKS: usize = 8;
 
 /// One `recvmsg` into `buf`, appending any fds to `fds`. Inside a message
 /// (`mid`), a read that would block waits at most `stall` for more bytes.
@@ -410,6 +440,8 @@ pub struct RecvBuffer {
     /// Fds by the stream offset just past the read that brought them;
     /// `None` marks a read whose fds were dropped (MSG_CTRUNC or too many).
     fds: std::collections::VecDeque<(u64, Option<Vec<OwnedFd>>)>,
+    /// When the first byte of the message being assembled arrived.
+    msg_started: Option<Instant>,
 }
 
 /// Read-ahead room kept free for small messages.
@@ -423,6 +455,7 @@ impl Default for RecvBuffer {
             end: 0,
             consumed: 0,
             fds: std::collections::VecDeque::new(),
+            msg_started: None,
         }
     }
 }
@@ -469,20 +502,151 @@ impl RecvBuffer {
             sock,
             &mut self.buf[end..],
             mid,
-            limits.frame_timeout,
+            time_left(self.msg_started, limits.frame_timeout),
             progress,
             max_fds,
             &mut fds,
             &mut too_many,
         )?;
         self.end += n;
+        if n > 0 && self.msg_started.is_none() {
+            self.msg_started = Some(Instant::now());
+        }
+        self.commit_fds(fds, too_many, max_fds)?;
+        Ok(n)
+    }
+
+    /// Files the fds of the read that just ended at `self.end`, within the
+    /// caps (see the module docs). `rejected`: the read lost fds already.
+    fn commit_fds(
+        &mut self,
+        fds: Vec<OwnedFd>,
+        rejected: bool,
+        max_fds: usize,
+    ) -> Result<(), TransportError> {
+        if fds.is_empty() && !rejected {
+            return Ok(());
+        }
+        if self.fds.len() >= MAX_FD_CHUNKS {
+            self.fds.clear();
+            return Err(TransportError::FdFlood { max: MAX_FD_CHUNKS });
+        }
+        let held: usize = self
+            .fds
+            .iter()
+            .map(|(_, f)| f.as_ref().map_or(0, Vec::len))
+            .sum();
         let at = self.consumed.saturating_add((self.end - self.start) as u64);
-        if too_many {
+        if rejected || held.saturating_add(fds.len()) > max_fds {
+            // Closes them now; whichever message they belong to is rejected.
+            drop(fds);
             self.fds.push_back((at, None));
-        } else if !fds.is_empty() {
+        } else {
             self.fds.push_back((at, Some(fds)));
         }
-        Ok(n)
+        Ok(())
+    }
+
+    /// Sans-I/O: appends `bytes` as if one `recvmsg` had read them with
+    /// `fds` (for the fuzzer and tests; a socket-fed buffer never needs it).
+    /// The same caps apply as to reads.
+    #[doc(hidden)]
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        limits: &FrameLimits,
+    ) -> Result<(), TransportError> {
+        let max_fds = limits.max_fds.min(SCM_MAX_FD);
+        self.reserve(self.buffered().saturating_add(bytes.len()));
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+        let rejected = fds.len() > max_fds;
+        let fds = if rejected { Vec::new() } else { fds };
+        self.commit_fds(fds, rejected, max_fds)
+    }
+
+    /// Sans-I/O: takes the next message if it is wholly buffered
+    /// (`Ok(true)`); `Ok(false)` if more bytes are needed. Errors as
+    /// [`RecvBuffer::recv`] (a bad size).
+    #[doc(hidden)]
+    pub fn pop(&mut self, limits: &FrameLimits, msg: &mut Message) -> Result<bool, TransportError> {
+        msg.body.clear();
+        msg.fds.clear();
+        msg.fds_rejected = false;
+        if self.buffered() < HEADER_SIZE {
+            return Ok(false);
+        }
+        let size = self.check_size(limits, msg)?;
+        if self.buffered() < size {
+            return Ok(false);
+        }
+        self.take(size, limits, msg);
+        Ok(true)
+    }
+
+    /// Bytes buffered but not yet returned as a message.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn pending_bytes(&self) -> usize {
+        self.buffered()
+    }
+
+    /// Copies the buffered header into `msg` and checks its `msg_size`.
+    fn check_size(
+        &mut self,
+        limits: &FrameLimits,
+        msg: &mut Message,
+    ) -> Result<usize, TransportError> {
+        msg.header
+            .copy_from_slice(&self.buf[self.start..self.start + HEADER_SIZE]);
+        let msg_size = msg.msg_size();
+        let size = usize::try_from(msg_size).unwrap_or(usize::MAX);
+        if size < HEADER_SIZE || msg_size > limits.max_msg_size {
+            self.fds.clear();
+            return Err(TransportError::BadSize {
+                msg_size,
+                max: limits.max_msg_size,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Moves the wholly buffered message of `size` bytes into `msg`, with
+    /// the fds that came with it.
+    fn take(&mut self, size: usize, limits: &FrameLimits, msg: &mut Message) {
+        msg.body
+            .extend_from_slice(&self.buf[self.start + HEADER_SIZE..self.start + size]);
+        self.start += size;
+        self.consumed = self.consumed.saturating_add(size as u64);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            self.msg_started = None;
+            // Give back the room a large message needed.
+            if self.buf.len() > 4 * READ_AHEAD {
+                self.buf.truncate(READ_AHEAD);
+                self.buf.shrink_to_fit();
+            }
+        } else {
+            // Read-ahead: the next message has begun.
+            self.msg_started = Some(Instant::now());
+        }
+        // Fds that came with reads ending inside this message.
+        while let Some((at, _)) = self.fds.front() {
+            if *at > self.consumed {
+                break;
+            }
+            match self.fds.pop_front() {
+                Some((_, Some(f))) => msg.fds.extend(f),
+                Some((_, None)) => msg.fds_rejected = true,
+                None => break,
+            }
+        }
+        if msg.fds_rejected || msg.fds.len() > limits.max_fds.min(SCM_MAX_FD) {
+            msg.fds.clear();
+            msg.fds_rejected = true;
+        }
     }
 
     /// Reads one message into `msg`, like [`recv_message`] but through the
@@ -520,17 +684,7 @@ impl RecvBuffer {
                 });
             }
         }
-        msg.header
-            .copy_from_slice(&self.buf[self.start..self.start + HEADER_SIZE]);
-        let msg_size = msg.msg_size();
-        let size = usize::try_from(msg_size).unwrap_or(usize::MAX);
-        if size < HEADER_SIZE || msg_size > limits.max_msg_size {
-            self.fds.clear();
-            return Err(TransportError::BadSize {
-                msg_size,
-                max: limits.max_msg_size,
-            });
-        }
+        let size = self.check_size(limits, msg)?;
         while self.buffered() < size {
             self.reserve(size);
             let got = self.buffered();
@@ -539,34 +693,7 @@ impl RecvBuffer {
                 return Err(TransportError::Truncated { got, want: size });
             }
         }
-        msg.body
-            .extend_from_slice(&self.buf[self.start + HEADER_SIZE..self.start + size]);
-        self.start += size;
-        self.consumed = self.consumed.saturating_add(size as u64);
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            // Give back the room a large message needed.
-            if self.buf.len() > 4 * READ_AHEAD {
-                self.buf.truncate(READ_AHEAD);
-                self.buf.shrink_to_fit();
-            }
-        }
-        // Fds that came with reads ending inside this message.
-        while let Some((at, _)) = self.fds.front() {
-            if *at > self.consumed {
-                break;
-            }
-            match self.fds.pop_front() {
-                Some((_, Some(f))) => msg.fds.extend(f),
-                Some((_, None)) => msg.fds_rejected = true,
-                None => break,
-            }
-        }
-        if msg.fds_rejected || msg.fds.len() > limits.max_fds.min(SCM_MAX_FD) {
-            msg.fds.clear();
-            msg.fds_rejected = true;
-        }
+        self.take(size, limits, msg);
         Ok(())
     }
 }
