@@ -757,9 +757,16 @@ impl Drop for DeviceHandle {
         let mut st = life.lock();
         st.users.retain(|u| u.id != self.user);
         if st.open_count == 1 {
-            dev.driver.close_device();
-            if let Some(irqs) = dev.driver.irqs() {
-                irqs.clear();
+            // A panicking driver must not keep the device open for good:
+            // the count still drops, so unregister can return.
+            let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                dev.driver.close_device();
+                if let Some(irqs) = dev.driver.irqs() {
+                    irqs.clear();
+                }
+            }));
+            if released.is_err() {
+                tracing::error!(device = %dev.name, "close_device panicked; released anyway");
             }
         }
         st.open_count -= 1;
