@@ -16,6 +16,8 @@
 
 mod channel;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proto;
 pub mod server;
 pub mod session;

@@ -539,7 +539,7 @@ impl Ready {
                 }
                 let count = usize::try_from(s.count).map_err(|_| Errno::INVAL)?;
                 let nfds = fds.len();
-                self.budget.check_irqs(&s, nfds)?;
+                self.budget.check_irqs(&s, &fds)?;
                 let action = match s.action {
                     proto::IrqAction::Mask => uvfio_core::IrqAction::Mask,
                     proto::IrqAction::Unmask => uvfio_core::IrqAction::Unmask,

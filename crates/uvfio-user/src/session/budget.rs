@@ -3,6 +3,10 @@
 //! mappings, each of which pins the client's file and one mapping of this
 //! process's address space).
 //!
+//! SET_IRQS fds must be eventfds (as the kernel's `eventfd_ctx_fdget`
+//! insists): a pipe or a socket would make the device's next interrupt a
+//! `write` that raises `SIGPIPE` once the client closes the other end.
+//!
 //! Every check runs *before* the resource is taken (before the `mmap`,
 //! before the eventfds reach the device), refuses with `ENOSPC` and logs
 //! exactly one warning naming the limit. Accounting follows the commands
@@ -11,6 +15,7 @@
 //! fuller than it is.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::io::Errno;
 
@@ -138,11 +143,16 @@ impl Budget {
         }
     }
 
-    /// SET_IRQS binding `nfds` eventfds to `start..start+count` of `index`
-    /// (replacing whatever those vectors had): within the limit?
-    pub(super) fn check_irqs(&self, s: &proto::SetIrqs<'_>, nfds: usize) -> Result<(), Errno> {
+    /// SET_IRQS binding `fds` to `start..start+count` of `index`
+    /// (replacing whatever those vectors had): eventfds, within the limit?
+    pub(super) fn check_irqs(&self, s: &proto::SetIrqs<'_>, fds: &[OwnedFd]) -> Result<(), Errno> {
+        let nfds = fds.len();
         if nfds == 0 || !binds_eventfds(s) {
             return Ok(());
+        }
+        if !fds.iter().all(is_eventfd) {
+            tracing::debug!("SET_IRQS with an fd that is not an eventfd: EINVAL");
+            return Err(Errno::INVAL);
         }
         let replaced = self.in_range(s.index, s.start, s.count);
         let after = self
@@ -197,6 +207,22 @@ impl Budget {
             return 0;
         }
         self.irq_fds.range((index, start)..(index, end)).count()
+    }
+}
+
+/// Whether `fd` is an eventfd: an anonymous inode (no file type: not a
+/// pipe, socket, file or device), and, where `/proc` tells, an eventfd.
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    let Ok(st) = rustix::fs::fstat(fd) else {
+        return false;
+    };
+    if st.st_mode & 0o170_000 != 0 {
+        return false;
+    }
+    match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        Ok(link) => link.as_os_str() == "anon_inode:[eventfd]",
+        // No /proc: the file-type check above has to do.
+        Err(_) => true,
     }
 }
 
