@@ -1102,3 +1102,16 @@ fn client_errors_carry_the_command_and_errno() {
     // The connection is still fine.
     assert_eq!(m.mig_state().unwrap(), MigState::Running);
 }
+
+#[test]
+fn rust_vmm_client_accepts_the_migration_capability() {
+    // rust-vmm's client proposes `migration` and parses the reply's.
+    let f = fixture(SessionConfig::default());
+    let _m = register_mig(&f.registry, "m", 1);
+    let path = f.server.socket_path("m").unwrap();
+    let mut c = vfio_user::Client::new(&path).unwrap();
+    let mut v = [0u8; 4];
+    c.region_write(0, 0, &0x55aa_u32.to_le_bytes()).unwrap();
+    c.region_read(0, 0, &mut v).unwrap();
+    assert_eq!(u32::from_le_bytes(v), 0x55aa);
+}
