@@ -209,6 +209,9 @@ fn hostile_clients_get_the_specified_outcome_and_leak_nothing() {
     bad_requests_get_errnos_and_the_connection_lives(&w);
     fds_of_rejected_messages_are_closed(&w);
     shrinking_an_unsealed_memfd_cannot_fault_the_server(&w);
+    sealed_client_memory_cannot_be_pulled_away(&w);
+    dma_map_refuses_fds_whose_pages_could_vanish(&w);
+    set_irqs_refuses_fds_that_are_not_eventfds(&w);
     disconnect_mid_message_releases_everything(&w);
     stall_mid_message_is_cut_off(&w);
 
@@ -592,4 +595,156 @@ fn stall_mid_message_is_cut_off(w: &World) {
     w.wait_victim_released();
     // The registry never noticed.
     assert_eq!(w.registry.devices().len(), 2);
+}
+
+fn bar0_write(r: &mut Raw, off: u64, data: &[u8]) {
+    let req = Request::RegionWrite(proto::RegionWrite {
+        offset: off,
+        region: BAR0,
+        data,
+    });
+    let m = r.request(&req, &[]);
+    assert_eq!(errno_of(&m), None);
+}
+
+/// Has the device DMA `len` bytes between its data buffer and `iova`
+/// (`cmd`: [`CMD_DMA_TO_CLIENT`] or [`CMD_DMA_FROM_CLIENT`]); returns the
+/// device's status (0 or an errno).
+fn device_dma(r: &mut Raw, iova: u64, len: u32, cmd: u32) -> u32 {
+    bar0_write(r, REG_DMA_ADDR, &iova.to_le_bytes());
+    bar0_write(r, REG_DMA_LEN, &len.to_le_bytes());
+    bar0_write(r, REG_DOORBELL, &cmd.to_le_bytes());
+    let m = r.request(&region_read(BAR0, REG_STATUS, 4), &[]);
+    u32::from_le_bytes(m.body[16..20].try_into().unwrap())
+}
+
+fn data_buf(r: &mut Raw, len: u32) -> Vec<u8> {
+    let m = r.request(&region_read(BAR0, DATA_BUF, len), &[]);
+    assert_eq!(errno_of(&m), None);
+    m.body[16..].to_vec()
+}
+
+/// Every way a client can try to take mapped memory away from the server
+/// after a DMA_MAP of a sealed memfd: none of them can make a device DMA
+/// fault (SIGBUS would kill every client's server).
+fn sealed_client_memory_cannot_be_pulled_away(w: &World) {
+    let mut r = Raw::connect(&w.victim_path);
+    r.negotiate();
+    let iova = 0xa_0000;
+    let mem = SharedMemory::new("pull", 0x2000).unwrap();
+    let m = r.request(&dma_map(iova, 0x2000), &[mem.fd()]);
+    assert_eq!(errno_of(&m), None);
+    // Shrinking (and growing) is refused to the client by the seals.
+    assert_eq!(rustix::fs::ftruncate(mem.fd(), 0), Err(Errno::PERM));
+    assert_eq!(rustix::fs::ftruncate(mem.fd(), 0x1000), Err(Errno::PERM));
+    assert_eq!(rustix::fs::ftruncate(mem.fd(), 0x4000), Err(Errno::PERM));
+    // The device writes the client's memory; the client sees it.
+    bar0_write(&mut r, DATA_BUF, &[0x5a; 64]);
+    assert_eq!(device_dma(&mut r, iova + 0x1000, 64, CMD_DMA_TO_CLIENT), 0);
+    let mut seen = [0u8; 64];
+    mem.read_at(0x1000, &mut seen).unwrap();
+    assert_eq!(seen, [0x5a; 64]);
+    // Punching a hole frees the pages; they read back as zeros.
+    rustix::fs::fallocate(
+        mem.fd(),
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        0x1000,
+        0x1000,
+    )
+    .unwrap();
+    assert_eq!(
+        device_dma(&mut r, iova + 0x1000, 64, CMD_DMA_FROM_CLIENT),
+        0
+    );
+    assert_eq!(data_buf(&mut r, 64), vec![0; 64]);
+    // Unmapping its own copy and closing its fd: our mapping lives on.
+    drop(mem);
+    bar0_write(&mut r, DATA_BUF, &[0xc3; 128]);
+    assert_eq!(device_dma(&mut r, iova, 128, CMD_DMA_TO_CLIENT), 0);
+    bar0_write(&mut r, DATA_BUF, &[0; 128]);
+    assert_eq!(device_dma(&mut r, iova, 128, CMD_DMA_FROM_CLIENT), 0);
+    assert_eq!(data_buf(&mut r, 128), vec![0xc3; 128]);
+    drop(r);
+    w.wait_victim_released();
+}
+
+/// Fds a client could shrink, or that are not memory at all, are refused
+/// before any mapping is made (and closed).
+fn dma_map_refuses_fds_whose_pages_could_vanish(w: &World) {
+    let mut r = Raw::connect(&w.victim_path);
+    r.negotiate();
+    let iova = 0xc_0000;
+    let refuse = |r: &mut Raw, req: &Request<'_>, fd: BorrowedFd<'_>| {
+        let m = r.request(req, &[fd]);
+        expect_errno(&m, Errno::INVAL);
+    };
+    let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
+    refuse(&mut r, &dma_map(iova, 0x1000), pipe_r.as_fd());
+    refuse(&mut r, &dma_map(iova, 0x1000), pipe_w.as_fd());
+    let (sa, _sb) = UnixStream::pair().unwrap();
+    refuse(&mut r, &dma_map(iova, 0x1000), sa.as_fd());
+    let efd = uvfio_core::irq::eventfd().unwrap();
+    refuse(&mut r, &dma_map(iova, 0x1000), efd.as_fd());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    refuse(&mut r, &dma_map(iova, 0x1000), null.as_fd());
+    // A memfd that cannot be sealed at all.
+    let plain = rustix::fs::memfd_create("plain", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&plain, 0x1000).unwrap();
+    refuse(&mut r, &dma_map(iova, 0x1000), plain.as_fd());
+    // Sealed, but the range lies (partly) past the end of the file.
+    let mem = SharedMemory::new("short", 0x2000).unwrap();
+    let past = |offset: u64, size: u64| {
+        Request::DmaMap(proto::DmaMap {
+            offset,
+            ..match dma_map(iova, size) {
+                Request::DmaMap(m) => m,
+                _ => unreachable!(),
+            }
+        })
+    };
+    refuse(&mut r, &past(0x2000, 0x1000), mem.fd());
+    refuse(&mut r, &past(0x1000, 0x2000), mem.fd());
+    refuse(&mut r, &past(1 << 40, 0x1000), mem.fd());
+    refuse(&mut r, &dma_map(iova, 1 << 40), mem.fd());
+    // Sizes that wrap are refused by the decoder.
+    let m = r.request(&past(u64::MAX - 0xfff, 0x2000), &[mem.fd()]);
+    assert!(errno_of(&m).is_some());
+    let m = r.request(&dma_map(u64::MAX - 0xfff, 0x2000), &[mem.fd()]);
+    assert!(errno_of(&m).is_some());
+    // Nothing was mapped: the IOVA range is still free.
+    let m = r.request(&dma_map(iova, 0x2000), &[mem.fd()]);
+    assert_eq!(errno_of(&m), None);
+    drop(r);
+    w.wait_victim_released();
+}
+
+/// A pipe or socket bound as an interrupt would turn the device's next
+/// interrupt into a write that raises SIGPIPE once the peer is gone.
+fn set_irqs_refuses_fds_that_are_not_eventfds(w: &World) {
+    let mut r = Raw::connect(&w.victim_path);
+    r.negotiate();
+    let req = Request::DeviceSetIrqs(proto::SetIrqs {
+        index: MSI,
+        start: 0,
+        count: 1,
+        action: proto::IrqAction::Trigger,
+        data: proto::IrqData::Eventfd,
+    });
+    let (_pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
+    let (sa, sb) = UnixStream::pair().unwrap();
+    drop(sb);
+    let mem = SharedMemory::new("not-an-eventfd", 0x1000).unwrap();
+    for fd in [pipe_w.as_fd(), sa.as_fd(), mem.fd()] {
+        let m = r.request(&req, &[fd]);
+        expect_errno(&m, Errno::INVAL);
+    }
+    assert!(!w.victim.driver().irq_lines().enabled(MSI));
+    // The device can still interrupt (nothing bound: dropped quietly).
+    let efd = uvfio_core::irq::eventfd().unwrap();
+    let m = r.request(&req, &[efd.as_fd()]);
+    assert_eq!(errno_of(&m), None);
+    w.victim.driver().irq_lines().trigger(MSI, 0).unwrap();
+    assert_eq!(wait_eventfd(&efd), 1);
+    drop(r);
+    w.wait_victim_released();
 }
