@@ -224,6 +224,15 @@ impl Channel {
         self.wake(st);
     }
 
+    /// For a socket with `SO_RCVTIMEO` set: readers with a deadline wait in
+    /// `recvmsg` itself (see [`transport::RecvBuffer::set_blocking_wait`]).
+    pub(crate) fn set_blocking_wait(&self) {
+        self.rbuf
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_blocking_wait(true);
+    }
+
     /// Reads one message as the reader (the caller set `reader_busy`).
     fn read_one(
         &self,

@@ -379,7 +379,16 @@ impl Client {
             twin_socket_fd_index: None,
         };
         let limits = pre.decode_limits();
+        // Replies are awaited inside recvmsg (one syscall per round trip,
+        // not poll + recvmsg); SO_RCVTIMEO bounds each wait so the call's
+        // deadline is still checked at least once a second.
+        crate::transport::set_recv_timeout(&sock, Some(config.timeout.min(Duration::from_secs(1))))
+            .map_err(|errno| ClientError::Local {
+                what: "SO_RCVTIMEO",
+                errno,
+            })?;
         let chan = Arc::new(Channel::new(sock, frame_limits(&limits, &config), 64 << 20));
+        chan.set_blocking_wait();
         let mut client = Client {
             chan,
             negotiated: pre,
