@@ -12,7 +12,7 @@
 //! through the server's real receive buffer ([`RecvBuffer`], the same
 //! framing and fd-attribution code as on a socket, fed with
 //! [`RecvBuffer::push`]) into a real [`Session`] over a real registry,
-//! group, container and device ([`device`]); only the socket and the
+//! group, container and device (the `device` module); only the socket and the
 //! client's DMA replies are simulated.
 //!
 //! Besides "no panic, no SIGBUS, no hang", every step checks:
@@ -1018,8 +1018,8 @@ fn check_output(req: &RawHeader, out: &Output, client_fds: u32, config: &Session
     }
 }
 
-/// Writes inputs in the harness's language (see [`Harness::drive`] and
-/// [`Harness::build`]), for seeds.
+/// Writes inputs in the harness's language (see `Harness::drive` and
+/// `Harness::build`), for seeds.
 #[derive(Debug, Clone, Default)]
 pub struct Program(pub Vec<u8>);
 

@@ -72,6 +72,8 @@
 //! one fd of `RLIMIT_NOFILE`, so `max_connections × max_held_fds` should
 //! stay below both for a hostile set of clients to be unable to starve the
 //! others; lower the per-client limits when serving many untrusted clients.
+//! Dirty-page logging costs one bit per mapped page, so at most
+//! `max_dma_bytes / 4 KiB / 8` bytes per client (32 MiB at the default).
 //!
 //! # Client memory (no SIGBUS)
 //!
