@@ -73,7 +73,10 @@ impl Drop for PingPong {
 /// ping-pong echo thread alike) on CPU 1: the same layout for both, and
 /// no run where the scheduler happens to stack them on one core.
 fn pin(cpu: Option<usize>) {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPU count before any pinning: once pinned, the affinity mask
+    // (which available_parallelism reads) says 1.
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if n < 2 {
         return;
     }
