@@ -201,7 +201,8 @@ struct ClientMem {
 
 struct Harness<'a> {
     input: Input<'a>,
-    registry: Registry,
+    /// Kept for the connection's lifetime, like the server's.
+    _registry: Registry,
     device: Option<RegisteredDevice<FuzzDevice>>,
     session: Option<Session>,
     config: SessionConfig,
@@ -270,7 +271,7 @@ impl<'a> Harness<'a> {
         let limits = crate::server::pre_negotiation_limits(&config, std::time::Duration::ZERO);
         let mut h = Harness {
             input,
-            registry,
+            _registry: registry,
             device: Some(device),
             session: Some(session),
             config,
@@ -358,7 +359,6 @@ impl<'a> Harness<'a> {
         }
         let dev = device.unregister();
         assert!(dev.dma().is_none(), "device kept its DMA after close");
-        let _ = &self.registry;
     }
 
     fn id(&mut self) -> u16 {
