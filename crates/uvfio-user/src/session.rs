@@ -721,6 +721,15 @@ mod tests {
         Session::new(SessionConfig::default(), attach, NoDma)
     }
 
+    /// A session past VERSION, with its output buffer cleared.
+    fn negotiated(reg: &Registry) -> (Session, Output) {
+        let mut s = session(reg);
+        let mut out = Output::default();
+        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
+        out.clear();
+        (s, out)
+    }
+
     fn msg(req: &Request<'_>, id: u16, no_reply: bool) -> Message {
         let mut bytes = Vec::new();
         req.encode(id, no_reply, &mut bytes).unwrap();
@@ -798,10 +807,7 @@ mod tests {
     #[test]
     fn handle_unknown_command_when_ready_replies_einval_and_continues() {
         let (reg, _dev) = setup();
-        let mut s = session(&reg);
-        let mut out = Output::default();
-        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
-        out.clear();
+        let (mut s, mut out) = negotiated(&reg);
         let mut m = Message::default();
         m.header[0..2].copy_from_slice(&9u16.to_le_bytes());
         m.header[2..4].copy_from_slice(&77u16.to_le_bytes());
@@ -814,10 +820,7 @@ mod tests {
     #[test]
     fn handle_desync_header_closes_without_reply() {
         let (reg, _dev) = setup();
-        let mut s = session(&reg);
-        let mut out = Output::default();
-        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
-        out.clear();
+        let (mut s, mut out) = negotiated(&reg);
         let mut m = Message::default();
         m.header[4..8].copy_from_slice(&8u32.to_le_bytes());
         assert_eq!(s.handle(&mut m, &mut out), Step::Close);
@@ -827,10 +830,7 @@ mod tests {
     #[test]
     fn handle_no_reply_read_sends_nothing() {
         let (reg, _dev) = setup();
-        let mut s = session(&reg);
-        let mut out = Output::default();
-        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
-        out.clear();
+        let (mut s, mut out) = negotiated(&reg);
         let req = Request::RegionRead(proto::RegionAccess {
             offset: 0,
             region: 0,
@@ -843,10 +843,7 @@ mod tests {
     #[test]
     fn handle_region_read_fills_the_reply_in_place() {
         let (reg, _dev) = setup();
-        let mut s = session(&reg);
-        let mut out = Output::default();
-        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
-        out.clear();
+        let (mut s, mut out) = negotiated(&reg);
         let req = Request::RegionRead(proto::RegionAccess {
             offset: 0,
             region: 0,
@@ -860,10 +857,7 @@ mod tests {
     #[test]
     fn handle_rejected_fds_reply_einval() {
         let (reg, _dev) = setup();
-        let mut s = session(&reg);
-        let mut out = Output::default();
-        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
-        out.clear();
+        let (mut s, mut out) = negotiated(&reg);
         let req = Request::DeviceGetInfo(proto::DeviceInfoRequest { argsz: 16 });
         let mut m = msg(&req, 5, false);
         m.fds_rejected = true;
@@ -874,10 +868,7 @@ mod tests {
     #[test]
     fn handle_dma_map_without_fd_uses_the_factory_backing() {
         let (reg, _dev) = setup();
-        let mut s = session(&reg);
-        let mut out = Output::default();
-        let _ = s.handle(&mut msg(&version(), 1, false), &mut out);
-        out.clear();
+        let (mut s, mut out) = negotiated(&reg);
         let req = Request::DmaMap(proto::DmaMap {
             argsz: 32,
             flags: proto::VFIO_USER_F_DMA_REGION_READ,
