@@ -210,9 +210,7 @@ impl PciFunction for Gpio {
             data.fill(0xff);
             return Ok(());
         }
-        let v = self.read_reg(offset & !3).to_le_bytes();
-        let at = (offset % 4) as usize;
-        data.copy_from_slice(&v[at..at + data.len()]);
+        crate::read_dword_piece(offset, self.read_reg(offset & !3), data);
         Ok(())
     }
 
@@ -220,16 +218,8 @@ impl PciFunction for Gpio {
         if bar != 0 {
             return Ok(());
         }
-        let at = (offset % 4) as usize;
-        let mut bytes = [0u8; 4];
-        let mut mask = [0u8; 4];
-        bytes[at..at + data.len()].copy_from_slice(data);
-        mask[at..at + data.len()].fill(0xff);
-        if let Err(e) = self.write_reg(
-            offset & !3,
-            u32::from_le_bytes(bytes),
-            u32::from_le_bytes(mask),
-        ) {
+        let (reg, value, mask) = crate::write_dword_piece(offset, data);
+        if let Err(e) = self.write_reg(reg, value, mask) {
             tracing::debug!("gpio: loopback interrupt not delivered: {e}");
         }
         Ok(())

@@ -110,6 +110,29 @@ impl From<&DriverError> for Errno {
     }
 }
 
+/// A dword register file's side of a BAR read (the PCI layer splits
+/// accesses into aligned 1/2/4-byte pieces): copies the bytes of `value`,
+/// the register at `offset & !3`, that the piece at `offset` covers.
+pub(crate) fn read_dword_piece(offset: u64, value: u32, data: &mut [u8]) {
+    let at = (offset % 4) as usize;
+    data.copy_from_slice(&value.to_le_bytes()[at..at + data.len()]);
+}
+
+/// The write side: `(register offset, value shifted into place, byte mask
+/// of the bytes written)`.
+pub(crate) fn write_dword_piece(offset: u64, data: &[u8]) -> (u64, u32, u32) {
+    let at = (offset % 4) as usize;
+    let mut bytes = [0u8; 4];
+    let mut mask = [0u8; 4];
+    bytes[at..at + data.len()].copy_from_slice(data);
+    mask[at..at + data.len()].fill(0xff);
+    (
+        offset & !3,
+        u32::from_le_bytes(bytes),
+        u32::from_le_bytes(mask),
+    )
+}
+
 /// init → register, for devices whose setup is complete at construction.
 /// On failure the device is dropped (which releases what it holds).
 pub(crate) fn register<F: PciFunction>(
