@@ -233,6 +233,47 @@ impl Channel {
             .set_blocking_wait(true);
     }
 
+    /// Becomes the reader (the caller saw `reader_busy` clear), reads one
+    /// message into `msg` without the state lock, and hands the reader role
+    /// back, waking whoever waits for it or for a routed reply.
+    fn read_as_leader<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+        msg: &mut Message,
+    ) -> (MutexGuard<'a, State>, Result<(), TransportError>) {
+        st.reader_busy = true;
+        let limits = st.limits;
+        drop(st);
+        let r = self.read_one(&limits, deadline, msg);
+        let mut st = self.lock();
+        st.reader_busy = false;
+        self.wake(&st);
+        (st, r)
+    }
+
+    /// Waits (at most `left`) for the reader to hand over or route
+    /// something; counted in `waiters` so that wakes are only sent when
+    /// someone waits.
+    fn wait_turn<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        left: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        st.waiters += 1;
+        let mut st = match left {
+            Some(d) => {
+                self.cv
+                    .wait_timeout(st, d)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+        };
+        st.waiters -= 1;
+        st
+    }
+
     /// Reads one message as the reader (the caller set `reader_busy`).
     fn read_one(
         &self,
@@ -286,13 +327,8 @@ impl Channel {
                 return Err(e.clone());
             }
             if !st.reader_busy {
-                st.reader_busy = true;
-                let limits = st.limits;
-                drop(st);
-                let r = self.read_one(&limits, None, msg);
-                st = self.lock();
-                st.reader_busy = false;
-                self.wake(&st);
+                let r;
+                (st, r) = self.read_as_leader(st, None, msg);
                 match r {
                     Ok(()) if msg.is_reply() => {
                         let reply = msg.take();
@@ -307,9 +343,7 @@ impl Channel {
                 }
                 continue;
             }
-            st.waiters += 1;
-            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-            st.waiters -= 1;
+            st = self.wait_turn(st, None);
         }
     }
 
@@ -369,13 +403,8 @@ impl Channel {
                 return Err(ChannelError::Timeout(timeout));
             }
             if !st.reader_busy {
-                st.reader_busy = true;
-                let limits = st.limits;
-                drop(st);
-                let r = self.read_one(&limits, Some(deadline), reply);
-                st = self.lock();
-                st.reader_busy = false;
-                self.wake(&st);
+                let r;
+                (st, r) = self.read_as_leader(st, Some(deadline), reply);
                 match r {
                     Ok(()) if reply.is_reply() && reply.msg_id() == id => {
                         st.pending.remove(&id);
@@ -430,14 +459,7 @@ impl Channel {
                 }
                 continue;
             }
-            let left = deadline.saturating_duration_since(now);
-            st.waiters += 1;
-            st = self
-                .cv
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            st.waiters -= 1;
+            st = self.wait_turn(st, Some(deadline.saturating_duration_since(now)));
         }
     }
 
@@ -461,13 +483,8 @@ impl Channel {
                 return Ok(n);
             }
             if !st.reader_busy {
-                st.reader_busy = true;
-                let limits = st.limits;
-                drop(st);
-                let r = self.read_one(&limits, Some(deadline), &mut tmp);
-                st = self.lock();
-                st.reader_busy = false;
-                self.wake(&st);
+                let r;
+                (st, r) = self.read_as_leader(st, Some(deadline), &mut tmp);
                 match r {
                     Ok(()) if tmp.is_reply() => {
                         let reply = tmp.take();
@@ -484,14 +501,7 @@ impl Channel {
                 }
                 continue;
             }
-            let left = deadline.saturating_duration_since(now);
-            st.waiters += 1;
-            st = self
-                .cv
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            st.waiters -= 1;
+            st = self.wait_turn(st, Some(deadline.saturating_duration_since(now)));
         }
     }
 }
