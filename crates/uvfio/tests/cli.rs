@@ -1,16 +1,14 @@
 //! The real `uvfio` binary: serve, info, create/remove/list, shutdown on
 //! SIGTERM, and the documented errors.
 
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_uvfio"));
-    c.env_remove("RUST_LOG");
-    c
-}
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use common::{bin, Daemon};
+use std::time::{Duration, Instant};
 
 fn run(args: &[&str]) -> Output {
     bin()
@@ -18,81 +16,6 @@ fn run(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("spawn uvfio")
-}
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        let ready = dir.join("ready");
-        let sock_dir = dir.join("s");
-        let mut args = vec![
-            "serve".to_owned(),
-            "--dir".into(),
-            sock_dir.display().to_string(),
-            "--ready-file".into(),
-            ready.display().to_string(),
-            "--grace".into(),
-            "0.5".into(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let child = bin()
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "server never became ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
-            dir: sock_dir,
-        }
-    }
-
-    fn sock(&self, name: &str) -> String {
-        self.dir.join(format!("{name}.sock")).display().to_string()
-    }
-
-    fn dir_arg(&self) -> String {
-        self.dir.display().to_string()
-    }
-
-    /// SIGTERM, then the exit status and stdout.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                let mut out = String::new();
-                use std::io::Read;
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
-                return (st, out);
-            }
-            assert!(Instant::now() < deadline, "server did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn stdout(o: &Output) -> String {
@@ -108,7 +31,7 @@ fn serve_default_set_info_create_remove_and_sigterm_cleanup() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(tmp.path(), &[]);
 
-    let info = run(&["info", &d.sock("mtty0")]);
+    let info = run(&["info", &d.sock_arg("mtty0")]);
     assert!(info.status.success(), "{}", stderr(&info));
     let text = stdout(&info);
     assert!(text.contains("Device 4348:3253 (rev 10)"), "{text}");
@@ -118,7 +41,7 @@ fn serve_default_set_info_create_remove_and_sigterm_cleanup() {
         "{text}"
     );
 
-    let info = run(&["info", "--json", &d.sock("gpio0")]);
+    let info = run(&["info", "--json", &d.sock_arg("gpio0")]);
     assert!(info.status.success(), "{}", stderr(&info));
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(v["vendor_id"], 0x1ee7);
@@ -132,7 +55,7 @@ fn serve_default_set_info_create_remove_and_sigterm_cleanup() {
     );
     assert_eq!(v["bars"][0]["size"], 4096);
 
-    let hex = run(&["info", "--hexdump", &d.sock("mtty0")]);
+    let hex = run(&["info", "--hexdump", &d.sock_arg("mtty0")]);
     assert!(
         stdout(&hex).starts_with("00: 48 43 53 32"),
         "{}",
@@ -149,8 +72,11 @@ fn serve_default_set_info_create_remove_and_sigterm_cleanup() {
         "ports=2",
     ]);
     assert!(created.status.success(), "{}", stderr(&created));
-    assert_eq!(stdout(&created).trim(), format!("ser9 {}", d.sock("ser9")));
-    assert!(Path::new(&d.sock("ser9")).exists());
+    assert_eq!(
+        stdout(&created).trim(),
+        format!("ser9 {}", d.sock_arg("ser9"))
+    );
+    assert!(Path::new(&d.sock_arg("ser9")).exists());
 
     let list = run(&["list", "--dir", &d.dir_arg()]);
     let text = stdout(&list);
@@ -168,7 +94,7 @@ fn serve_default_set_info_create_remove_and_sigterm_cleanup() {
 
     let removed = run(&["remove", "--dir", &d.dir_arg(), "ser9", "--timeout", "5"]);
     assert!(removed.status.success(), "{}", stderr(&removed));
-    assert!(!Path::new(&d.sock("ser9")).exists());
+    assert!(!Path::new(&d.sock_arg("ser9")).exists());
     let gone = run(&["remove", "--dir", &d.dir_arg(), "ser9"]);
     assert_eq!(gone.status.code(), Some(1));
 
@@ -240,8 +166,8 @@ fn live_socket_is_refused_and_stale_socket_replaced() {
     );
     drop(live); // the file stays: now it is stale
     assert!(sdir.join("gpio0.sock").exists());
-    let d = Daemon::start(tmp.path(), &["--device", "gpio:gpio0"]);
-    let info = run(&["info", &d.sock("gpio0")]);
+    let d = Daemon::with_devices(tmp.path(), &["gpio:gpio0"]);
+    let info = run(&["info", &d.sock_arg("gpio0")]);
     assert!(info.status.success(), "{}", stderr(&info));
     let (status, _) = d.stop();
     assert!(status.success());

@@ -2,9 +2,11 @@
 //! against an in-process server, then `uvfio migrate` (the real binary)
 //! between two `uvfio serve` processes.
 
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -12,6 +14,8 @@ use uvfio_core::{DmaPerm, GroupId, MigFlags, Registry, SharedMemory};
 use uvfio_drivers::mtty;
 use uvfio_user::proto::MigState;
 use uvfio_user::{Client, ClientError, Server, ServerConfig};
+
+use common::{bin, Daemon};
 
 const CONFIG: u32 = 7;
 /// UART registers (byte offsets in BAR0).
@@ -152,72 +156,6 @@ fn client_migrates_an_mtty_fifo_between_devices_over_sockets() {
 // ---------------------------------------------------------------------------
 // Two `uvfio serve` processes and `uvfio migrate`.
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_uvfio"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-/// A `uvfio serve` child, killed (SIGTERM) on drop.
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, devices: &[&str]) -> Daemon {
-        let ready = dir.join("ready");
-        let sock_dir = dir.join("s");
-        let mut cmd = bin();
-        cmd.arg("serve")
-            .arg("--dir")
-            .arg(&sock_dir)
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--grace")
-            .arg("0.5");
-        for d in devices {
-            cmd.arg("--device").arg(d);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        // Hang guard only.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "server never became ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
-            dir: sock_dir,
-        }
-    }
-
-    fn sock(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.sock"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// Connects, retrying while the previous client is still detaching
 /// (`EBUSY`); 20 s hang guard.
 fn connect_retry(path: &Path) -> Client {
@@ -255,8 +193,8 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn uvfio_migrate_moves_an_mtty_between_two_servers() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Daemon::start(&tmp.path().join("a"), &["mtty:ser0", "gpio:io0"]);
-    let b = Daemon::start(&tmp.path().join("b"), &["mtty:ser0", "gpio:io0"]);
+    let a = Daemon::with_devices(&tmp.path().join("a"), &["mtty:ser0", "gpio:io0"]);
+    let b = Daemon::with_devices(&tmp.path().join("b"), &["mtty:ser0", "gpio:io0"]);
     let before = {
         let c = connect_retry(&a.sock("ser0"));
         program_uart(&c);
@@ -334,8 +272,8 @@ fn out_is_usage_error(o: &Output) -> bool {
 fn uvfio_migrate_moves_a_dma_engine_after_live_dma_with_dirty_logging() {
     const MSIX: u32 = 2;
     let tmp = tempfile::tempdir().unwrap();
-    let a = Daemon::start(&tmp.path().join("a"), &["dma:dma0"]);
-    let b = Daemon::start(&tmp.path().join("b"), &["dma:dma0"]);
+    let a = Daemon::with_devices(&tmp.path().join("a"), &["dma:dma0"]);
+    let b = Daemon::with_devices(&tmp.path().join("b"), &["dma:dma0"]);
     let regs = |c: &Client| {
         let mut v = [0u8; 0x30];
         c.region_read(0, 0, &mut v).unwrap();
