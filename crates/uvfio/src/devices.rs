@@ -22,22 +22,18 @@ pub trait Instance: Send {
     fn remove(self: Box<Self>, timeout: Option<Duration>) -> Result<(), Vec<String>>;
 }
 
-/// A [`RegisteredDevice`] plus what to do with the driver's data once
-/// unregister hands it back (e.g. return mtty ports to the pool).
+/// A [`RegisteredDevice`] with its type's name. The driver's data is
+/// dropped once unregister hands it back (an mtty's ports return to the
+/// pool then).
 pub struct Registered<D: DeviceOps> {
     dev: RegisteredDevice<D>,
     type_name: &'static str,
-    on_removed: fn(D),
 }
 
 impl<D: DeviceOps> Registered<D> {
     /// Wraps a registered device.
-    pub fn new(dev: RegisteredDevice<D>, type_name: &'static str, on_removed: fn(D)) -> Self {
-        Registered {
-            dev,
-            type_name,
-            on_removed,
-        }
+    pub fn new(dev: RegisteredDevice<D>, type_name: &'static str) -> Self {
+        Registered { dev, type_name }
     }
 }
 
@@ -49,27 +45,19 @@ impl<D: DeviceOps> Instance for Registered<D> {
         self.type_name
     }
     fn remove(self: Box<Self>, timeout: Option<Duration>) -> Result<(), Vec<String>> {
-        let Registered {
-            dev, on_removed, ..
-        } = *self;
         let opts = UnregisterOptions {
             timeout,
             ..Default::default()
         };
-        match dev.unregister_with(&opts) {
-            Ok(d) => {
-                on_removed(d);
-                Ok(())
-            }
+        // The driver's data returned by unregister is dropped here.
+        match self.dev.unregister_with(&opts) {
+            Ok(_) => Ok(()),
             Err(pending) => {
                 let holders = pending.holders();
                 std::thread::spawn(move || {
                     let mut p = pending;
-                    loop {
-                        match p.wait(&UnregisterOptions::default()) {
-                            Ok(d) => return on_removed(d),
-                            Err(again) => p = again,
-                        }
+                    while let Err(again) = p.wait(&UnregisterOptions::default()) {
+                        p = again;
                     }
                 });
                 Err(holders)

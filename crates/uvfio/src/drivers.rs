@@ -32,8 +32,7 @@ pub fn create(
                 },
             )
             .with_context(|| format!("creating mtty {name:?}"))?;
-            // Dropping the driver's data returns its ports to the pool.
-            Box::new(Registered::new(dev, "mtty", drop))
+            Box::new(Registered::new(dev, "mtty"))
         }
         "gpio" => {
             let dev = gpio::create(
@@ -46,12 +45,12 @@ pub fn create(
                 },
             )
             .with_context(|| format!("creating gpio {name:?}"))?;
-            Box::new(Registered::new(dev, "gpio", drop))
+            Box::new(Registered::new(dev, "gpio"))
         }
         "dma" => {
             let dev = dma::create(registry, name, group, &dma::DmaOptions::default())
                 .with_context(|| format!("creating dma {name:?}"))?;
-            Box::new(Registered::new(dev, "dma", drop))
+            Box::new(Registered::new(dev, "dma"))
         }
         other => anyhow::bail!("unknown device type {other:?}"),
     })
