@@ -7,6 +7,12 @@
 //! interprets the message beyond its size: validation is [`crate::proto`]'s
 //! job, policy the session's.
 //!
+//! The rules live in one place, [`RecvBuffer::recv`]. A [`RecvBuffer`]
+//! normally reads ahead (as much as the socket has, so a message whose
+//! header and body arrive together costs one `recvmsg`); the free
+//! [`recv_message`] is the same code in a mode that never reads past the
+//! current frame, for peers that keep no buffer between messages.
+//!
 //! Invariants:
 //! - Received fds become [`OwnedFd`]s at once (rustix's ancillary buffer
 //!   does that), so every error path closes them by dropping.
@@ -20,7 +26,8 @@
 //!   not finished within [`FrameLimits::frame_timeout`] of its first byte
 //!   (a slow drip counts, not just one long stall) make the stream
 //!   unreadable ([`TransportError::is_fatal`]).
-//! - A [`RecvBuffer`] holds at most `max_fds` received fds at a time and
+//! - A [`RecvBuffer`] (and so [`recv_message`], within its one message)
+//!   holds at most `max_fds` received fds at a time and
 //!   at most [`MAX_FD_CHUNKS`] separately received batches of them: fds
 //!   beyond are closed at once (their message is rejected), and a peer
 //!   that keeps sending fds in tiny pieces is cut off
@@ -220,98 +227,27 @@ impl TransportError {
 const CMSG_SPACE_MAX: usize = rustix::cmsg_space!(ScmRights(SCM_MAX_FD));
 
 /// Reads one message into `msg` (header, body and fds; previous contents
-/// are replaced).
+/// are replaced), without reading ahead: nothing past the message's last
+/// byte is taken off the socket, so calls can be mixed with other readers
+/// of the stream and no state is kept between them.
 ///
 /// `deadline` bounds the wait for the *first* byte: `None` blocks until a
 /// message starts or the peer goes away; `Some(t)` returns
 /// [`TransportError::Timeout`] at `t` with nothing consumed. Once a message
-/// has started, each stall may last at most `limits.frame_timeout`.
+/// has started, it must be finished within `limits.frame_timeout`.
+///
+/// The framing rules are [`RecvBuffer::recv`]'s (this is a one-shot
+/// [`RecvBuffer`] that reads exactly one frame), so both enforce the same
+/// limits and fail the same way. It costs two `recvmsg`s per message
+/// (header, then body), a buffer the size of the message and a copy of
+/// the body; a long-lived reader should keep a [`RecvBuffer`].
 pub fn recv_message(
     sock: BorrowedFd<'_>,
     limits: &FrameLimits,
     deadline: Option<Instant>,
     msg: &mut Message,
 ) -> Result<(), TransportError> {
-    msg.body.clear();
-    msg.fds.clear();
-    msg.fds_rejected = false;
-    let max_fds = limits.max_fds.min(SCM_MAX_FD);
-    let mut too_many = false;
-
-    if let Some(d) = deadline {
-        if !wait_readable(sock, Some(d))? {
-            return Err(TransportError::Timeout);
-        }
-    }
-
-    // Header: the fds come with its first byte.
-    let mut got = 0;
-    let mut started = None;
-    while got < HEADER_SIZE {
-        let n = recv_chunk(
-            sock,
-            &mut msg.header[got..],
-            got > 0,
-            time_left(started, limits.frame_timeout),
-            (got, HEADER_SIZE),
-            max_fds,
-            &mut msg.fds,
-            &mut too_many,
-            None,
-        )?;
-        if n == 0 {
-            msg.fds.clear();
-            return Err(if got == 0 {
-                TransportError::Closed
-            } else {
-                TransportError::Truncated {
-                    got,
-                    want: HEADER_SIZE,
-                }
-            });
-        }
-        started.get_or_insert_with(Instant::now);
-        got += n;
-    }
-
-    let msg_size = msg.msg_size();
-    let size = usize::try_from(msg_size).unwrap_or(usize::MAX);
-    if size < HEADER_SIZE || msg_size > limits.max_msg_size {
-        msg.fds.clear();
-        return Err(TransportError::BadSize {
-            msg_size,
-            max: limits.max_msg_size,
-        });
-    }
-    let body_len = size - HEADER_SIZE;
-    msg.body.resize(body_len, 0);
-    let mut done = 0;
-    while done < body_len {
-        let n = recv_chunk(
-            sock,
-            &mut msg.body[done..],
-            true,
-            time_left(started, limits.frame_timeout),
-            (HEADER_SIZE + done, size),
-            max_fds,
-            &mut msg.fds,
-            &mut too_many,
-            None,
-        )?;
-        if n == 0 {
-            msg.fds.clear();
-            return Err(TransportError::Truncated {
-                got: HEADER_SIZE + done,
-                want: size,
-            });
-        }
-        done += n;
-    }
-    if too_many || msg.fds.len() > max_fds {
-        msg.fds.clear();
-        msg.fds_rejected = true;
-    }
-    Ok(())
+    RecvBuffer::unbuffered().recv(sock, limits, deadline, msg)
 }
 
 /// What is left of `budget` since `started` (all of it before a start).
@@ -451,6 +387,9 @@ pub struct RecvBuffer {
     msg_started: Option<Instant>,
     /// The socket has `SO_RCVTIMEO` set (see [`RecvBuffer::set_blocking_wait`]).
     blocking_wait: bool,
+    /// Reads may run past the message being assembled (false only for
+    /// [`recv_message`]: each read stops at the frame's end).
+    read_ahead: bool,
 }
 
 /// Read-ahead room kept free for small messages.
@@ -466,6 +405,7 @@ impl Default for RecvBuffer {
             fds: std::collections::VecDeque::new(),
             msg_started: None,
             blocking_wait: false,
+            read_ahead: true,
         }
     }
 }
@@ -477,13 +417,29 @@ impl RecvBuffer {
         RecvBuffer::default()
     }
 
+    /// A buffer that never reads past the message it is assembling, and
+    /// allocates nothing until the first read ([`recv_message`]).
+    fn unbuffered() -> RecvBuffer {
+        RecvBuffer {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            consumed: 0,
+            fds: std::collections::VecDeque::new(),
+            msg_started: None,
+            blocking_wait: false,
+            read_ahead: false,
+        }
+    }
+
     fn buffered(&self) -> usize {
         self.end - self.start
     }
 
     /// Makes room for at least `want` buffered bytes plus read-ahead.
     fn reserve(&mut self, want: usize) {
-        let need = want.max(HEADER_SIZE).saturating_add(READ_AHEAD);
+        let extra = if self.read_ahead { READ_AHEAD } else { 0 };
+        let need = want.max(HEADER_SIZE).saturating_add(extra);
         if self.buf.len() - self.start >= need {
             return;
         }
@@ -504,25 +460,32 @@ impl RecvBuffer {
         self.blocking_wait = on;
     }
 
-    /// One `recvmsg` appending to the buffer; returns the bytes read.
+    /// One `recvmsg` appending to the buffer, towards `want` buffered
+    /// bytes (and past them only with read-ahead); returns the bytes read.
     fn fill(
         &mut self,
         sock: BorrowedFd<'_>,
-        mid: bool,
+        want: usize,
         limits: &FrameLimits,
-        progress: (usize, usize),
         deadline: Option<Instant>,
     ) -> Result<usize, TransportError> {
+        let got = self.buffered();
+        self.reserve(want);
         let max_fds = limits.max_fds.min(SCM_MAX_FD);
         let mut fds = Vec::new();
         let mut too_many = false;
         let end = self.end;
+        let stop = if self.read_ahead {
+            self.buf.len()
+        } else {
+            self.start + want
+        };
         let n = recv_chunk(
             sock,
-            &mut self.buf[end..],
-            mid,
+            &mut self.buf[end..stop],
+            got > 0,
             time_left(self.msg_started, limits.frame_timeout),
-            progress,
+            (got, want),
             max_fds,
             &mut fds,
             &mut too_many,
@@ -669,8 +632,16 @@ impl RecvBuffer {
         }
     }
 
-    /// Reads one message into `msg`, like [`recv_message`] but through the
-    /// buffer: no syscall when a whole message is already buffered.
+    /// Reads one message into `msg` (header, body and fds; previous
+    /// contents are replaced): no syscall when a whole message is already
+    /// buffered, else usually one `recvmsg`. This is where the framing
+    /// rules of the module docs are applied, for [`recv_message`] too.
+    ///
+    /// `deadline` bounds the wait for the *first* byte: `None` blocks until
+    /// a message starts or the peer goes away; `Some(t)` returns
+    /// [`TransportError::Timeout`] at `t` with nothing consumed. Once a
+    /// message has started, it must be finished within
+    /// `limits.frame_timeout`.
     pub fn recv(
         &mut self,
         sock: BorrowedFd<'_>,
@@ -690,9 +661,8 @@ impl RecvBuffer {
             }
         }
         while self.buffered() < HEADER_SIZE {
-            self.reserve(HEADER_SIZE);
             let got = self.buffered();
-            if self.fill(sock, got > 0, limits, (got, HEADER_SIZE), deadline)? == 0 {
+            if self.fill(sock, HEADER_SIZE, limits, deadline)? == 0 {
                 self.fds.clear();
                 return Err(if got == 0 {
                     TransportError::Closed
@@ -706,9 +676,8 @@ impl RecvBuffer {
         }
         let size = self.check_size(limits, msg)?;
         while self.buffered() < size {
-            self.reserve(size);
             let got = self.buffered();
-            if self.fill(sock, true, limits, (got, size), None)? == 0 {
+            if self.fill(sock, size, limits, None)? == 0 {
                 self.fds.clear();
                 return Err(TransportError::Truncated { got, want: size });
             }
@@ -966,5 +935,181 @@ mod tests {
         let e = recv_message(b.as_fd(), &limits, None, &mut m).unwrap_err();
         assert_eq!(e, TransportError::Stalled { got: 19, want: 32 });
         drop(a);
+    }
+
+    /// What a read returned, in a comparable form: header, body, fd count,
+    /// rejection flag.
+    type Outcome = Result<([u8; HEADER_SIZE], Vec<u8>, usize, bool), TransportError>;
+
+    /// Runs the same peer behaviour (`peer` writes to its end and returns
+    /// it to keep it open, or `None` to close it) against both entry
+    /// points, reading messages until one fails or `reads` are done; the
+    /// outcomes of [`recv_message`] and of [`RecvBuffer::recv`] in order.
+    fn both(
+        limits: &FrameLimits,
+        reads: usize,
+        peer: impl Fn(UnixStream) -> Option<UnixStream>,
+    ) -> (Vec<Outcome>, Vec<Outcome>) {
+        let run = |buffered: bool| {
+            let (a, b) = UnixStream::pair().unwrap();
+            let _keep = peer(a);
+            let mut rb = RecvBuffer::new();
+            let mut m = Message::default();
+            let mut out = Vec::new();
+            for _ in 0..reads {
+                let deadline = Some(Instant::now() + Duration::from_secs(20));
+                let r = if buffered {
+                    rb.recv(b.as_fd(), limits, deadline, &mut m)
+                } else {
+                    recv_message(b.as_fd(), limits, deadline, &mut m)
+                };
+                let failed = r.is_err();
+                out.push(r.map(|()| (m.header, m.body.clone(), m.fds.len(), m.fds_rejected)));
+                if failed {
+                    break;
+                }
+            }
+            out
+        };
+        (run(false), run(true))
+    }
+
+    fn assert_same(
+        limits: &FrameLimits,
+        reads: usize,
+        peer: impl Fn(UnixStream) -> Option<UnixStream>,
+    ) -> Vec<Outcome> {
+        let (unbuffered, buffered) = both(limits, reads, peer);
+        assert_eq!(unbuffered, buffered, "recv_message vs RecvBuffer::recv");
+        buffered
+    }
+
+    fn write(mut a: UnixStream, bytes: &[u8], keep_open: bool) -> Option<UnixStream> {
+        a.write_all(bytes).unwrap();
+        keep_open.then_some(a)
+    }
+
+    #[test]
+    fn both_entry_points_reject_msg_size_over_the_cap_and_below_the_header() {
+        let limits = FrameLimits {
+            max_msg_size: 64,
+            ..FrameLimits::default()
+        };
+        let out = assert_same(&limits, 1, |a| write(a, &frame(65, &[0; 49]), true));
+        assert_eq!(
+            out,
+            [Err(TransportError::BadSize {
+                msg_size: 65,
+                max: 64
+            })]
+        );
+        let out = assert_same(&limits, 1, |a| write(a, &frame(15, b""), true));
+        assert!(matches!(
+            out[0],
+            Err(TransportError::BadSize { msg_size: 15, .. })
+        ));
+        // The cap itself is allowed.
+        let out = assert_same(&limits, 1, |a| write(a, &frame(64, &[1; 48]), true));
+        assert_eq!(out[0].as_ref().unwrap().1, [1; 48]);
+    }
+
+    #[test]
+    fn both_entry_points_reject_too_many_fds_and_stay_framed() {
+        let limits = FrameLimits {
+            max_fds: 2,
+            ..FrameLimits::default()
+        };
+        let peer = |a: UnixStream| {
+            let fds: Vec<OwnedFd> = (0..3)
+                .map(|_| uvfio_core::irq::eventfd().unwrap())
+                .collect();
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+            send_message(a.as_fd(), &frame(20, b"abcd"), &borrowed).unwrap();
+            send_message(a.as_fd(), &frame(18, b"ok"), &borrowed[..2]).unwrap();
+            // Two pieces of one message, 2 fds each: 4 held is over.
+            send_message(a.as_fd(), &frame(20, b"")[..10], &borrowed[..2]).unwrap();
+            send_message(a.as_fd(), &frame(20, b"efgh")[10..], &borrowed[..2]).unwrap();
+            send_message(a.as_fd(), &frame(16, b""), &[]).unwrap();
+            Some(a)
+        };
+        let out = assert_same(&limits, 4, peer);
+        let summary: Vec<_> = out
+            .iter()
+            .map(|r| {
+                let (_, body, n, rejected) = r.as_ref().unwrap();
+                (body.as_slice(), *n, *rejected)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (&b"abcd"[..], 0, true),
+                (&b"ok"[..], 2, false),
+                (&b"efgh"[..], 0, true),
+                (&b""[..], 0, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn both_entry_points_cut_off_fds_in_too_many_pieces() {
+        let limits = FrameLimits {
+            max_fds: 16,
+            ..FrameLimits::default()
+        };
+        let out = assert_same(&limits, 1, |a| {
+            let efd = uvfio_core::irq::eventfd().unwrap();
+            // One byte per sendmsg, each with an fd: Linux ends a read at each.
+            for chunk in frame(16 + 8, &[0; 8]).chunks(1) {
+                send_message(a.as_fd(), chunk, &[efd.as_fd()]).unwrap();
+            }
+            Some(a)
+        });
+        assert_eq!(out, [Err(TransportError::FdFlood { max: MAX_FD_CHUNKS })]);
+    }
+
+    #[test]
+    fn both_entry_points_report_truncation_and_close_alike() {
+        let l = FrameLimits::default();
+        let out = assert_same(&l, 1, |a| write(a, &frame(32, b"")[..10], false));
+        assert_eq!(out, [Err(TransportError::Truncated { got: 10, want: 16 })]);
+        let out = assert_same(&l, 1, |a| write(a, &frame(32, b"abc"), false));
+        assert_eq!(out, [Err(TransportError::Truncated { got: 19, want: 32 })]);
+        let out = assert_same(&l, 2, |a| write(a, &frame(16, b""), false));
+        assert!(out[0].is_ok());
+        assert_eq!(out[1], Err(TransportError::Closed));
+        let out = assert_same(&l, 1, |_| None);
+        assert_eq!(out, [Err(TransportError::Closed)]);
+    }
+
+    #[test]
+    fn both_entry_points_time_out_a_stalled_header_or_body() {
+        let l = FrameLimits {
+            frame_timeout: Duration::from_millis(20),
+            ..FrameLimits::default()
+        };
+        let out = assert_same(&l, 1, |a| write(a, &frame(32, b"")[..5], true));
+        assert_eq!(out, [Err(TransportError::Stalled { got: 5, want: 16 })]);
+        let out = assert_same(&l, 1, |a| write(a, &frame(32, b"abc"), true));
+        assert_eq!(out, [Err(TransportError::Stalled { got: 19, want: 32 })]);
+    }
+
+    #[test]
+    fn recv_message_reads_no_further_than_its_message() {
+        let (a, b) = UnixStream::pair().unwrap();
+        send_message(a.as_fd(), &frame(20, b"one!"), &[]).unwrap();
+        let efd = uvfio_core::irq::eventfd().unwrap();
+        send_message(a.as_fd(), &frame(18, b"tw"), &[efd.as_fd()]).unwrap();
+        let mut m = Message::default();
+        recv_message(b.as_fd(), &FrameLimits::default(), None, &mut m).unwrap();
+        assert_eq!(m.body, b"one!");
+        // The next message, fd included, is still in the socket.
+        let mut peek = [0u8; 64];
+        let n = rustix::net::recv(b.as_fd(), &mut peek, rustix::net::RecvFlags::PEEK).unwrap();
+        assert_eq!(n.0, 18);
+        let mut rb = RecvBuffer::new();
+        rb.recv(b.as_fd(), &FrameLimits::default(), None, &mut m)
+            .unwrap();
+        assert_eq!((m.body.as_slice(), m.fds.len()), (&b"tw"[..], 1));
     }
 }
