@@ -10,7 +10,8 @@
 //!
 //! Users reach devices the way VFIO users do: a [`Container`] (an IOMMU
 //! address space, [`DmaSpace`]), a [`Group`] attached to it, and a
-//! [`DeviceHandle`] per open device.
+//! [`DeviceHandle`] per open device. [`Registry::open_device`] takes those
+//! steps in one call for a user that wants one device ([`OpenDevice`]).
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU32, Ordering};
@@ -74,6 +75,7 @@ pub mod irq;
 mod lifecycle;
 pub mod migration;
 pub mod mmap;
+mod open_device;
 mod ops;
 mod region;
 mod registry;
@@ -91,6 +93,7 @@ pub use lifecycle::{
 };
 pub use migration::{MigFlags, MigState, MigrationOps};
 pub use mmap::{MmapRegion, Protection, SharedMemory};
+pub use open_device::OpenDevice;
 pub use ops::{DeviceFlags, DeviceInfo, DeviceOps, OpenContext, MAX_REGIONS};
 pub use region::{
     RegionCap, RegionFlags, RegionInfo, RegionMmap, SparseArea, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,

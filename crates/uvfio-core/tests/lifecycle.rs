@@ -102,8 +102,7 @@ fn registered_device_is_reachable_from_another_thread_at_once() {
     let dev = dev.register().unwrap();
     let r2 = reg.clone();
     let v = thread::spawn(move || {
-        let (_c, g) = attach(&r2, GroupId(3));
-        let h = g.get_device("d0").unwrap();
+        let h = r2.open_device(GroupId(3), "d0").unwrap();
         let mut b = [0u8; 4];
         h.read(0, 0, &mut b).unwrap();
         u32::from_le_bytes(b)
@@ -198,8 +197,7 @@ fn region_access_is_bounds_and_flag_checked_before_the_driver() {
         .unwrap()
         .register()
         .unwrap();
-    let (_c, g) = attach(&reg, GroupId(7));
-    let h = g.get_device("r").unwrap();
+    let h = reg.open_device(GroupId(7), "r").unwrap();
     let mut b = [0u8; 4];
     assert_eq!(h.read(0, 1, &mut b).unwrap_err(), Errno::INVAL);
     assert_eq!(h.read(0, u64::MAX, &mut b).unwrap_err(), Errno::INVAL);
@@ -212,7 +210,6 @@ fn region_access_is_bounds_and_flag_checked_before_the_driver() {
     h.read(0, 0, &mut b).unwrap();
     assert_eq!(u32::from_le_bytes(b), 7);
     drop(h);
-    drop(g);
     d.unregister();
 }
 
@@ -295,8 +292,7 @@ fn unregister_cancel_stops_the_wait() {
         .unwrap()
         .register()
         .unwrap();
-    let (_c, g) = attach(&reg, GroupId(10));
-    let h = g.get_device("c").unwrap();
+    let h = reg.open_device(GroupId(10), "c").unwrap();
     let cancel = CancelToken::new();
     let c2 = cancel.clone();
     let waiter = thread::spawn(move || {

@@ -67,15 +67,6 @@ impl DeviceOps for Counter {
     }
 }
 
-fn open(reg: &Registry, name: &str, g: u32) -> (Group, DeviceHandle) {
-    let c = Container::new();
-    let group = reg.open_group(GroupId(g)).unwrap();
-    group.set_container(&c).unwrap();
-    c.set_iommu(IommuType::Type1v2).unwrap();
-    let h = group.get_device(name).unwrap();
-    (group, h)
-}
-
 #[test]
 fn save_on_source_resume_on_destination_carries_state() {
     let reg = Registry::default();
@@ -87,8 +78,8 @@ fn save_on_source_resume_on_destination_carries_state() {
         .unwrap()
         .register()
         .unwrap();
-    let (_g1, s) = open(&reg, "src", 1);
-    let (_g2, d) = open(&reg, "dst", 2);
+    let s = reg.open_device(GroupId(1), "src").unwrap();
+    let d = reg.open_device(GroupId(2), "dst").unwrap();
 
     assert_eq!(
         s.migration_flags().unwrap(),
@@ -115,7 +106,7 @@ fn save_on_source_resume_on_destination_carries_state() {
         d.set_mig_state(MigState::Running).unwrap(),
         MigState::Running
     );
-    drop((s, d, _g1, _g2));
+    drop((s, d));
     src.unregister();
     let out = dst.unregister();
     assert_eq!(*out.value.lock().unwrap(), b"device state 42");
@@ -129,7 +120,7 @@ fn invalid_request_keeps_state_and_failed_arc_goes_to_error_until_reset() {
         .unwrap()
         .register()
         .unwrap();
-    let (_g, h) = open(&reg, "m", 3);
+    let h = reg.open_device(GroupId(3), "m").unwrap();
     h.set_mig_state(MigState::StopCopy).unwrap();
     assert_eq!(
         h.set_mig_state(MigState::PreCopy).unwrap_err(),
@@ -152,6 +143,6 @@ fn invalid_request_keeps_state_and_failed_arc_goes_to_error_until_reset() {
     );
     h.reset().unwrap();
     assert_eq!(h.mig_state().unwrap(), MigState::Running);
-    drop((h, _g));
+    drop(h);
     dev.unregister();
 }

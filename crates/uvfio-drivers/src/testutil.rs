@@ -4,31 +4,27 @@ use std::os::fd::OwnedFd;
 
 use uvfio_core::irq::eventfd;
 use uvfio_core::{
-    Container, DeviceHandle, Errno, Group, GroupId, IommuType, IrqAction, IrqData, MigState,
-    Registry, SetIrqs,
+    Container, Errno, GroupId, IrqAction, IrqData, MigState, OpenDevice, Registry, SetIrqs,
 };
 use uvfio_pci::index::VFIO_PCI_CONFIG_REGION_INDEX;
 use uvfio_pci::migration::{parse_stream, PCI_MIG_HEADER_LEN, SECTION_END};
 use uvfio_pci::StateWriter;
 
 pub(crate) struct User {
-    pub(crate) handle: DeviceHandle,
-    pub(crate) container: Container,
-    pub(crate) _group: Group,
+    /// The device handle (through `Deref`), with its group and container.
+    pub(crate) handle: OpenDevice,
 }
 
 impl User {
     pub(crate) fn open(registry: &Registry, group: GroupId, name: &str) -> User {
-        let container = Container::new();
-        let g = registry.open_group(group).unwrap();
-        g.set_container(&container).unwrap();
-        container.set_iommu(IommuType::Type1v2).unwrap();
-        let handle = g.get_device(name).unwrap();
         User {
-            handle,
-            container,
-            _group: g,
+            handle: registry.open_device(group, name).unwrap(),
         }
+    }
+
+    /// The container, for DMA map/unmap and dirty logging.
+    pub(crate) fn container(&self) -> &Container {
+        self.handle.container()
     }
 
     pub(crate) fn bind(&self, index: u32, n: u32) -> Vec<OwnedFd> {

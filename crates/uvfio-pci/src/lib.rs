@@ -20,7 +20,7 @@
 //!   and quiesces interrupts and DMA while the device is stopped.
 //!
 //! ```
-//! use uvfio_core::{DeviceOps, GroupId, Registry, Container, IommuType};
+//! use uvfio_core::{DeviceOps, GroupId, Registry};
 //! use uvfio_pci::*;
 //!
 //! /// A function with one 4-byte scratch register in an I/O BAR.
@@ -51,11 +51,7 @@
 //!
 //! let registry = Registry::default();
 //! let dev = registry.init(dev, "scratch0", GroupId(1))?.register().map_err(|e| e.errno)?;
-//! let container = Container::new();
-//! let group = registry.open_group(GroupId(1))?;
-//! group.set_container(&container)?;
-//! container.set_iommu(IommuType::Type1v2)?;
-//! let handle = group.get_device("scratch0")?;
+//! let handle = registry.open_device(GroupId(1), "scratch0")?;
 //! let mut id = [0u8; 4];
 //! handle.read(index::VFIO_PCI_CONFIG_REGION_INDEX, 0, &mut id)?;
 //! assert_eq!(u32::from_le_bytes(id), 0x5678_1234);

@@ -33,9 +33,7 @@ use std::sync::Arc;
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
-use uvfio_core::{
-    Container, DmaBacking, GroupId, IommuType, OpenOptions, RegisteredDevice, Registry,
-};
+use uvfio_core::{DmaBacking, GroupId, RegisteredDevice, Registry};
 
 use crate::proto::{self, Capabilities, RawHeader, Request, Version};
 use crate::session::{
@@ -249,11 +247,7 @@ impl<'a> Harness<'a> {
             .ok()?;
         let reg = registry.clone();
         let attach = Box::new(move || -> Result<Attachment, Errno> {
-            let container = Container::new();
-            let group = reg.open_group(GroupId(1))?;
-            group.set_container(&container)?;
-            container.set_iommu(IommuType::Type1v2)?;
-            let handle = group.get_device_with("fuzz0", OpenOptions::default())?;
+            let (handle, group, container) = reg.open_device(GroupId(1), "fuzz0")?.into_parts();
             Ok(Attachment {
                 handle,
                 group,

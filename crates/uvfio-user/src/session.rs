@@ -661,10 +661,7 @@ impl Ready {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uvfio_core::{
-        DeviceInfo, DeviceOps, GroupId, IommuType, OpenOptions, RegionInfo, RegisteredDevice,
-        Registry,
-    };
+    use uvfio_core::{DeviceInfo, DeviceOps, GroupId, RegionInfo, RegisteredDevice, Registry};
 
     /// One 4-byte read/write register in region 0.
     struct Reg;
@@ -707,11 +704,7 @@ mod tests {
     fn session(reg: &Registry) -> Session {
         let reg = reg.clone();
         let attach: AttachFn = Box::new(move || {
-            let container = Container::new();
-            let group = reg.open_group(GroupId(5))?;
-            group.set_container(&container)?;
-            container.set_iommu(IommuType::Type1v2)?;
-            let handle = group.get_device_with("r0", OpenOptions::default())?;
+            let (handle, group, container) = reg.open_device(GroupId(5), "r0")?.into_parts();
             Ok(Attachment {
                 handle,
                 group,

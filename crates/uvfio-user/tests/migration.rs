@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use proptest::prelude::*;
 use rustix::io::Errno;
 use uvfio_core::{
-    Container, DeviceFlags, DeviceInfo, DeviceOps, Dma, DmaBacking, DmaPerm, GroupId, IommuType,
-    MigFlags, MigrationOps, OpenContext, OpenOptions, RegionInfo, RegisteredDevice, Registry,
-    SharedMemory,
+    DeviceFlags, DeviceInfo, DeviceOps, Dma, DmaBacking, DmaPerm, GroupId, MigFlags, MigrationOps,
+    OpenContext, RegionInfo, RegisteredDevice, Registry, SharedMemory,
 };
 use uvfio_user::proto::{
     self, Capabilities, Command, DecodeLimits, DeviceFeature, DmaLoggingControl, DmaLoggingRange,
@@ -225,14 +224,10 @@ impl Sess {
         let reg = reg.clone();
         let name = name.to_owned();
         let attach: AttachFn = Box::new(move || {
-            let container = Container::new();
-            let g = reg.open_group(GroupId(group))?;
-            g.set_container(&container)?;
-            container.set_iommu(IommuType::Type1v2)?;
-            let handle = g.get_device_with(&name, OpenOptions::default())?;
+            let (handle, group, container) = reg.open_device(GroupId(group), &name)?.into_parts();
             Ok(Attachment {
                 handle,
-                group: g,
+                group,
                 container,
             })
         });

@@ -8,7 +8,7 @@ use uvfio_pci::*;
 struct Null;
 impl PciFunction for Null {}
 
-struct HandleAccess(DeviceHandle);
+struct HandleAccess(OpenDevice);
 
 impl DeviceAccess for HandleAccess {
     fn device_info(&mut self) -> anyhow::Result<(u32, u32, u32)> {
@@ -88,11 +88,7 @@ fn report_sizes_every_bar_kind_decodes_caps_and_restores_config() {
         .unwrap()
         .register()
         .unwrap();
-    let c = Container::new();
-    let g = reg.open_group(GroupId(1)).unwrap();
-    g.set_container(&c).unwrap();
-    c.set_iommu(IommuType::Type1v2).unwrap();
-    let h = g.get_device("nic").unwrap();
+    let h = reg.open_device(GroupId(1), "nic").unwrap();
     // Program an address so "restored" is observable.
     h.write(7, 0x10, &0xfeb0_0000u32.to_le_bytes()).unwrap();
     let mut before = vec![0u8; 256];
@@ -147,6 +143,5 @@ fn report_sizes_every_bar_kind_decodes_caps_and_restores_config() {
         "{text}"
     );
     drop(acc);
-    drop(g);
     dev.unregister();
 }

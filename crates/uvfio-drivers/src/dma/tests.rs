@@ -37,7 +37,7 @@ fn rig() -> Rig {
     .unwrap();
     let user = User::open(&registry, GroupId(2), "dma0");
     let mem = Arc::new(SharedMemory::new("guest", 4 * 4096).unwrap());
-    user.container
+    user.container()
         .map_dma(
             IOVA,
             4 * 4096,
@@ -169,9 +169,13 @@ fn ram_bar_is_mmappable_and_copies_to_host() {
 fn copy_marks_destination_page_dirty() {
     let r = rig();
     r.bus_master();
-    r.user.container.start_dirty_logging(4096).unwrap();
+    r.user.container().start_dirty_logging(4096).unwrap();
     r.program(IOVA, IOVA + 0x3000, 64, 0);
-    let bits = r.user.container.report_dirty(IOVA, 4 * 4096, 4096).unwrap();
+    let bits = r
+        .user
+        .container()
+        .report_dirty(IOVA, 4 * 4096, 4096)
+        .unwrap();
     assert_eq!(bits, vec![0b1000]);
 }
 
@@ -267,9 +271,9 @@ mod migration {
         let src = rig();
         let dst = rig();
         // Both sides see the same guest memory, as after RAM migration.
-        dst.user.container.unmap_dma(IOVA, 4 * 4096).unwrap();
+        dst.user.container().unmap_dma(IOVA, 4 * 4096).unwrap();
         dst.user
-            .container
+            .container()
             .map_dma(
                 IOVA,
                 4 * 4096,

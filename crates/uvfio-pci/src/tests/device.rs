@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use uvfio_core::irq::{eventfd, read_eventfd};
 use uvfio_core::{
-    Container, DeviceFlags, DeviceHandle, DmaPerm, Errno, Group, GroupId, IommuType, IrqAction,
-    IrqData, IrqFlags, RegionFlags, RegisteredDevice, Registry, SetIrqs, SharedMemory, SparseArea,
+    Container, DeviceFlags, DmaPerm, Errno, GroupId, IommuType, IrqAction, IrqData, IrqFlags,
+    OpenDevice, RegionFlags, RegisteredDevice, Registry, SetIrqs, SharedMemory, SparseArea,
 };
 
 use crate::index::*;
@@ -47,10 +47,8 @@ impl PciFunction for Recorder {
 }
 
 struct Rig {
-    handle: DeviceHandle,
+    handle: OpenDevice,
     pci: PciHandle,
-    container: Container,
-    _group: Group,
     dev: Option<RegisteredDevice<PciDevice<Recorder>>>,
 }
 
@@ -64,16 +62,10 @@ impl Rig {
             .unwrap()
             .register()
             .unwrap();
-        let container = Container::new();
-        let group = registry.open_group(GroupId(3)).unwrap();
-        group.set_container(&container).unwrap();
-        container.set_iommu(IommuType::Type1v2).unwrap();
-        let handle = group.get_device("pci0").unwrap();
+        let handle = registry.open_device(GroupId(3), "pci0").unwrap();
         Rig {
             handle,
             pci,
-            container,
-            _group: group,
             dev: Some(dev),
         }
     }
@@ -465,7 +457,8 @@ fn intx_and_msi_eventfds_are_exclusive() {
 fn dma_without_bus_master_fails_then_succeeds() {
     let rig = Rig::new(test_config());
     let shm = Arc::new(SharedMemory::new("dma", 4096).unwrap());
-    rig.container
+    rig.handle
+        .container()
         .map_dma(
             0x10000,
             4096,

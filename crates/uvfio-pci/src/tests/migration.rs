@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use uvfio_core::irq::{eventfd, read_eventfd};
 use uvfio_core::{
-    Container, DeviceHandle, DmaPerm, Errno, Group, GroupId, IommuType, IrqAction, IrqData,
-    MigFlags, MigState, RegisteredDevice, Registry, SetIrqs, SharedMemory,
+    Container, DeviceHandle, DmaPerm, Errno, GroupId, IommuType, IrqAction, IrqData, MigFlags,
+    MigState, OpenDevice, RegisteredDevice, Registry, SetIrqs, SharedMemory,
 };
 
 use crate::index::*;
@@ -110,10 +110,8 @@ fn config(device_id: u16) -> PciConfig {
 }
 
 struct Side {
-    handle: DeviceHandle,
+    handle: OpenDevice,
     pci: PciHandle,
-    container: Container,
-    _group: Group,
     dev: Option<RegisteredDevice<PciDevice<Reg>>>,
 }
 
@@ -126,16 +124,10 @@ impl Side {
             .unwrap()
             .register()
             .unwrap();
-        let container = Container::new();
-        let g = registry.open_group(GroupId(group)).unwrap();
-        g.set_container(&container).unwrap();
-        container.set_iommu(IommuType::Type1v2).unwrap();
-        let handle = g.get_device(name).unwrap();
+        let handle = registry.open_device(GroupId(group), name).unwrap();
         Side {
             handle,
             pci,
-            container,
-            _group: g,
             dev: Some(dev),
         }
     }
@@ -331,7 +323,8 @@ fn stopped_device_latches_interrupts_refuses_dma_and_keeps_config_working() {
     s.program();
     let fds = s.bind_msix();
     let shm = Arc::new(SharedMemory::new("host", 4096).unwrap());
-    s.container
+    s.handle
+        .container()
         .map_dma(
             0x10000,
             4096,
@@ -391,7 +384,8 @@ fn stop_waits_for_dma_in_flight() {
     let s = Side::new(&reg, "s", 1, 0x10);
     s.program();
     let shm = Arc::new(SharedMemory::new("host", 1 << 20).unwrap());
-    s.container
+    s.handle
+        .container()
         .map_dma(0, 1 << 20, DmaPerm::READ | DmaPerm::WRITE, shm.clone(), 0)
         .unwrap();
     let quit = Arc::new(AtomicBool::new(false));
