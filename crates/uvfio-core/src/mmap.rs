@@ -18,6 +18,7 @@
 use std::ffi::c_void;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use rustix::fs::SealFlags;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -177,7 +178,7 @@ impl Drop for MmapRegion {
 #[derive(Debug)]
 pub struct SharedMemory {
     fd: OwnedFd,
-    map: MmapRegion,
+    map: Arc<MmapRegion>,
 }
 
 impl SharedMemory {
@@ -192,7 +193,10 @@ impl SharedMemory {
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let len = usize::try_from(size).map_err(|_| Errno::INVAL)?;
         let map = MmapRegion::map(fd.as_fd(), 0, len, Protection::ReadWrite)?;
-        Ok(SharedMemory { fd, map })
+        Ok(SharedMemory {
+            fd,
+            map: Arc::new(map),
+        })
     }
 
     /// The memfd, to pass to another process.
@@ -203,6 +207,11 @@ impl SharedMemory {
     /// The mapping.
     pub fn region(&self) -> &MmapRegion {
         &self.map
+    }
+
+    /// The mapping, shared.
+    pub fn region_arc(&self) -> Arc<MmapRegion> {
+        self.map.clone()
     }
 
     /// Size in bytes.

@@ -1,7 +1,8 @@
 //! The type1v2 DMA rules, device-side access, dirty logging, and a model
 //! check of random map/unmap sequences.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 
 use proptest::prelude::*;
 use uvfio_core::*;
@@ -181,7 +182,13 @@ proptest! {
     #[test]
     fn map_unmap_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
         let s = space();
-        let m = mem(8 * PG);
+        let dma = s.handle();
+        let shm = Arc::new(SharedMemory::new("dma-model", 8 * PG).unwrap());
+        // Each backing page carries its index, so reads show the translation.
+        for k in 0..8u64 {
+            shm.write_at(k * PG + 8, &k.to_le_bytes()).unwrap();
+        }
+        let m: Arc<dyn DmaBacking> = shm;
         // model: which mapping (by start) covers each page.
         let mut model: Vec<Option<(u64, u64)>> = vec![None; 40];
         for op in ops {
@@ -224,6 +231,20 @@ proptest! {
             }
             let mapped: u64 = s.mappings().iter().map(|x| x.size).sum();
             prop_assert_eq!(mapped, model.iter().filter(|x| x.is_some()).count() as u64 * PG);
+            // The device sees exactly the model, through the same thread's
+            // lookaside of earlier accesses: a stale translation would read
+            // another page's tag or succeed on an unmapped page.
+            for (p, slot) in model.iter().enumerate() {
+                let mut tag = [0u8; 8];
+                let got = dma.read(p as u64 * PG + 8, &mut tag);
+                match slot {
+                    None => prop_assert_eq!(got, Err(Errno::FAULT), "page {}", p),
+                    Some((mi, _)) => {
+                        prop_assert_eq!(got, Ok(()));
+                        prop_assert_eq!(u64::from_le_bytes(tag), p as u64 - mi / PG, "page {}", p);
+                    }
+                }
+            }
         }
     }
 
@@ -248,5 +269,124 @@ proptest! {
         for (p, dirty) in model.iter().enumerate() {
             prop_assert_eq!(bits >> p & 1 == 1, *dirty, "page {}", p);
         }
+    }
+}
+
+/// An unmap racing a device that writes as fast as it can: when unmap
+/// returns, no write is still in flight (the page is not torn and does not
+/// change afterwards), and every later write faults.
+#[test]
+fn no_device_write_lands_after_unmap_returns() {
+    let s = space();
+    let shm = Arc::new(SharedMemory::new("dma-race", 2 * PG).unwrap());
+    for round in 0..300u32 {
+        s.map(0, 2 * PG, RW, shm.clone(), 0).unwrap();
+        let dma = s.handle();
+        let go = Arc::new(Barrier::new(2));
+        let unmapped = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (go, unmapped) = (go.clone(), unmapped.clone());
+            std::thread::spawn(move || {
+                let mut k = 0u8;
+                go.wait();
+                loop {
+                    k = k.wrapping_add(1) | 1;
+                    let after = unmapped.load(Ordering::SeqCst);
+                    match dma.write(PG, &[k; PG as usize]) {
+                        Err(e) => return Ok(e),
+                        Ok(()) if after => return Err("a write started after unmap succeeded"),
+                        Ok(()) => {}
+                    }
+                }
+            })
+        };
+        go.wait();
+        // Let the writer get going (varying how far, round by round).
+        for _ in 0..(round % 7) * 200 {
+            std::hint::spin_loop();
+        }
+        s.unmap(0, 2 * PG).unwrap();
+        let mut at_return = vec![0u8; PG as usize];
+        shm.read_at(PG, &mut at_return).unwrap();
+        unmapped.store(true, Ordering::SeqCst);
+        assert_eq!(writer.join().unwrap(), Ok(Errno::FAULT), "round {round}");
+        let mut after = vec![0u8; PG as usize];
+        shm.read_at(PG, &mut after).unwrap();
+        assert!(
+            at_return.iter().all(|&b| b == at_return[0]),
+            "round {round}: a write was still running when unmap returned"
+        );
+        assert_eq!(
+            at_return, after,
+            "round {round}: memory changed after unmap returned"
+        );
+        shm.write_at(PG, &[0u8; PG as usize]).unwrap();
+    }
+}
+
+/// Dirty logging switched on while a device writes: every write that
+/// starts after `start_dirty_logging` returned is in the report.
+#[test]
+fn writes_after_logging_starts_are_always_logged() {
+    for _ in 0..300 {
+        let s = space();
+        s.map(0, 4 * PG, RW, mem(4 * PG), 0).unwrap();
+        let dma = s.handle();
+        let started = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let started = started.clone();
+            std::thread::spawn(move || loop {
+                let after_start = started.load(Ordering::SeqCst);
+                dma.write(2 * PG + 16, &[7u8; 64]).unwrap();
+                if after_start {
+                    return;
+                }
+            })
+        };
+        s.start_dirty_logging(PG).unwrap();
+        started.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        let bits = s.report_dirty(0, 4 * PG, PG).unwrap()[0];
+        assert_eq!(bits, 0b0100, "the write after start must be logged");
+    }
+}
+
+/// The same device handle used from many short-lived threads, with the
+/// mapping replaced in between: every thread sees the current mapping.
+#[test]
+fn device_threads_see_remaps() {
+    let s = space();
+    let a = Arc::new(SharedMemory::new("dma-a", PG).unwrap());
+    let b = Arc::new(SharedMemory::new("dma-b", PG).unwrap());
+    a.write_at(0, b"AAAA").unwrap();
+    b.write_at(0, b"BBBB").unwrap();
+    let dma = s.handle();
+    for i in 0..50 {
+        let (backing, want) = if i % 2 == 0 {
+            (&a, b"AAAA")
+        } else {
+            (&b, b"BBBB")
+        };
+        s.map(0, PG, RW, backing.clone(), 0).unwrap();
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let dma = dma.clone();
+                std::thread::spawn(move || {
+                    let mut got = [0u8; 4];
+                    for _ in 0..100 {
+                        dma.read(0, &mut got).unwrap();
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut got = [0u8; 4];
+        dma.read(0, &mut got).unwrap();
+        assert_eq!(&got, want);
+        for t in threads {
+            assert_eq!(&t.join().unwrap(), want);
+        }
+        s.unmap(0, PG).unwrap();
+        assert_eq!(dma.read(0, &mut got), Err(Errno::FAULT));
     }
 }

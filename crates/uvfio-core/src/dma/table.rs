@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::dirty::DirtyBitmap;
 use super::{DmaBacking, DmaConfig, DmaPerm};
 use crate::errno::{Errno, Result};
+use crate::mmap::MmapRegion;
 
 /// One mapping of the table.
 #[derive(Debug)]
@@ -20,6 +21,9 @@ pub struct DmaMapping {
     pub perm: DmaPerm,
     /// Where the bytes are.
     pub backing: Arc<dyn DmaBacking>,
+    /// The backing as memory of this process, if it is
+    /// ([`DmaBacking::mapped_memory`]).
+    pub memory: Option<Arc<MmapRegion>>,
     /// Offset of `iova` within the backing.
     pub backing_offset: u64,
     /// Present while dirty logging is on.
@@ -28,8 +32,27 @@ pub struct DmaMapping {
 
 impl DmaMapping {
     /// Last IOVA (inclusive): mappings may end at the top of the space.
-    fn last(&self) -> u64 {
+    pub(super) fn last(&self) -> u64 {
         self.iova + (self.size - 1)
+    }
+
+    /// Whether `iova..iova+len` lies inside this mapping (`len` ≥ 1).
+    #[inline]
+    pub(super) fn covers(&self, iova: u64, len: usize) -> bool {
+        iova >= self.iova && iova <= self.last() && (len as u64 - 1) <= self.last() - iova
+    }
+
+    /// The same mapping with another dirty bitmap.
+    fn with_dirty(&self, dirty: Option<DirtyBitmap>) -> Self {
+        DmaMapping {
+            iova: self.iova,
+            size: self.size,
+            perm: self.perm,
+            backing: self.backing.clone(),
+            memory: self.memory.clone(),
+            backing_offset: self.backing_offset,
+            dirty,
+        }
     }
 }
 
@@ -47,7 +70,9 @@ pub struct MappingInfo {
 #[derive(Debug)]
 pub(super) struct DmaTable {
     config: DmaConfig,
-    maps: BTreeMap<u64, DmaMapping>,
+    /// Mappings are shared with the per-thread lookaside, hence the `Arc`;
+    /// they are never changed in place, only replaced.
+    maps: BTreeMap<u64, Arc<DmaMapping>>,
     dirty_pgsize: Option<u64>,
 }
 
@@ -69,7 +94,7 @@ impl DmaTable {
     }
 
     /// The mapping containing `iova`, if any.
-    fn find(&self, iova: u64) -> Option<&DmaMapping> {
+    fn find(&self, iova: u64) -> Option<&Arc<DmaMapping>> {
         self.maps
             .range(..=iova)
             .next_back()
@@ -107,16 +132,18 @@ impl DmaTable {
             return Err(Errno::NOSPC);
         }
         let dirty = self.dirty_pgsize.map(|pg| DirtyBitmap::new(size, pg));
+        let memory = backing.clone().mapped_memory();
         self.maps.insert(
             iova,
-            DmaMapping {
+            Arc::new(DmaMapping {
                 iova,
                 size,
                 perm,
                 backing,
+                memory,
                 backing_offset,
                 dirty,
-            },
+            }),
         );
         Ok(())
     }
@@ -170,6 +197,13 @@ impl DmaTable {
         self.maps.len()
     }
 
+    /// The one mapping that holds all of `iova..iova+len` (`len` ≥ 1) with
+    /// the rights `need`, if there is one.
+    pub(super) fn single(&self, iova: u64, len: usize, need: DmaPerm) -> Option<&Arc<DmaMapping>> {
+        self.find(iova)
+            .filter(|m| m.perm.contains(need) && m.covers(iova, len))
+    }
+
     /// Walks `len` bytes from `iova` across adjacent mappings, calling `f`
     /// with each mapping, the backing offset, and the slice of the caller's
     /// buffer it covers. The whole range is checked (coverage and rights)
@@ -184,7 +218,7 @@ impl DmaTable {
         if len == 0 {
             return Ok(());
         }
-        let first = self.find(iova).ok_or(Errno::FAULT)?;
+        let first = &**self.find(iova).ok_or(Errno::FAULT)?;
         // The common case: one mapping holds it all.
         let fits = (len as u64 - 1) <= first.last() - iova;
         if fits && first.perm.contains(need) {
@@ -229,7 +263,7 @@ impl DmaTable {
         }
         self.dirty_pgsize = Some(pgsize);
         for m in self.maps.values_mut() {
-            m.dirty = Some(DirtyBitmap::new(m.size, pgsize));
+            *m = Arc::new(m.with_dirty(Some(DirtyBitmap::new(m.size, pgsize))));
         }
         Ok(())
     }
@@ -239,7 +273,7 @@ impl DmaTable {
             return Err(Errno::INVAL);
         }
         for m in self.maps.values_mut() {
-            m.dirty = None;
+            *m = Arc::new(m.with_dirty(None));
         }
         Ok(())
     }
