@@ -7,23 +7,48 @@ use std::time::Instant;
 pub struct Measurement {
     /// Median nanoseconds per operation.
     pub ns_per_op: f64,
+    /// Median CPU time of the whole process (all threads) per operation:
+    /// the work done, without the time spent waiting for a wake-up.
+    pub cpu_ns_per_op: f64,
+}
+
+/// CPU time consumed by all threads of this process so far.
+fn process_cpu_ns() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
+}
+
+/// Runs one batch of `n` operations: (wall, cpu) ns per operation.
+fn batch(n: u32, f: &mut impl FnMut(u32)) -> (f64, f64) {
+    let cpu = process_cpu_ns();
+    let t = Instant::now();
+    f(n);
+    let wall = t.elapsed().as_nanos() as f64;
+    let cpu = process_cpu_ns() - cpu;
+    let n = f64::from(n.max(1));
+    (wall / n, cpu / n)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn measurement(samples: &[(f64, f64)]) -> Measurement {
+    let mut wall: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    let mut cpu: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    Measurement {
+        ns_per_op: median(&mut wall),
+        cpu_ns_per_op: median(&mut cpu),
+    }
 }
 
 /// Runs `f(iters)` `reps` times (after one warm-up) and returns the median
 /// nanoseconds per operation.
 pub fn median_ns(reps: usize, iters: u32, mut f: impl FnMut(u32)) -> Measurement {
     f(iters.div_ceil(10).max(1));
-    let mut v: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f(iters);
-            t.elapsed().as_nanos() as f64 / f64::from(iters.max(1))
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    Measurement {
-        ns_per_op: v[v.len() / 2],
-    }
+    let v: Vec<(f64, f64)> = (0..reps.max(1)).map(|_| batch(iters, &mut f)).collect();
+    measurement(&v)
 }
 
 /// Like [`median_ns`] for two workloads measured in alternating batches,
@@ -38,20 +63,9 @@ pub fn median_pair(
     b(iters.div_ceil(10).max(1));
     let mut va = Vec::with_capacity(reps);
     let mut vb = Vec::with_capacity(reps);
-    let per = iters.max(1);
     for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        a(per);
-        va.push(t.elapsed().as_nanos() as f64 / f64::from(per));
-        let t = Instant::now();
-        b(per);
-        vb.push(t.elapsed().as_nanos() as f64 / f64::from(per));
+        va.push(batch(iters, &mut a));
+        vb.push(batch(iters, &mut b));
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        Measurement {
-            ns_per_op: v[v.len() / 2],
-        }
-    };
-    (med(&mut va), med(&mut vb))
+    (measurement(&va), measurement(&vb))
 }
