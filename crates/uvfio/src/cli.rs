@@ -68,6 +68,9 @@ pub struct DirArg {
 }
 
 /// `uvfio serve`.
+// The field docs are clap help text, shown verbatim: `[...]` there is
+// option syntax, not a rustdoc link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Socket folder [default: $XDG_RUNTIME_DIR/uvfio or /tmp/uvfio-$UID].

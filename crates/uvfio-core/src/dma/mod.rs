@@ -13,12 +13,12 @@
 //!   take it exclusively; the table path of a device access takes it shared,
 //!   so DMA from many threads proceeds in parallel.
 //! * a device access that fits in one memory-backed mapping is first tried
-//!   against a per-thread [`lookaside`] of recently used mappings, which
+//!   against a per-thread *lookaside* of recently used mappings, which
 //!   takes no lock and does no atomic read-modify-write: for a 4 KiB copy
 //!   the lock, the B-tree walk and the call through [`DmaBacking`] cost
 //!   ~20% on top of the copy (4 KiB vs memcpy, `uvfio bench`: read 0.80 →
 //!   0.94, write 0.83 → 0.97 with the lookaside). Changes that invalidate mappings
-//!   bump the space's generation and then wait out a [`grace`] period, so
+//!   bump the space's generation and then wait out a *grace period*, so
 //!   when `unmap` returns no access to the old mapping is still running,
 //!   exactly as when the access held the lock.
 //! * dirty bits are atomics so that writers on either path can set them.
