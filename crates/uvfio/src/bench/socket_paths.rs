@@ -197,6 +197,12 @@ pub fn in_process(opts: &Options) -> anyhow::Result<Vec<Row>> {
     pin(None);
     client.shutdown();
     drop(client);
+    // Let the connection thread see the hang-up and release the device, so
+    // unregister need not ask (and log that nobody can be asked).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while dev.open_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     drop(dev.unregister());
     server.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
