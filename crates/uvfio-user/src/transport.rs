@@ -470,6 +470,12 @@ impl RecvBuffer {
         deadline: Option<Instant>,
     ) -> Result<usize, TransportError> {
         let got = self.buffered();
+        // A message has started and we must wait for the rest of it: its
+        // frame timeout runs from here (stamped lazily, so a message that
+        // arrives whole costs no clock read).
+        if got > 0 && self.msg_started.is_none() {
+            self.msg_started = Some(Instant::now());
+        }
         self.reserve(want);
         let max_fds = limits.max_fds.min(SCM_MAX_FD);
         let mut fds = Vec::new();
@@ -492,9 +498,6 @@ impl RecvBuffer {
             deadline.filter(|_| self.blocking_wait),
         )?;
         self.end += n;
-        if n > 0 && self.msg_started.is_none() {
-            self.msg_started = Some(Instant::now());
-        }
         self.commit_fds(fds, too_many, max_fds)?;
         Ok(n)
     }
@@ -612,8 +615,9 @@ impl RecvBuffer {
                 self.buf.shrink_to_fit();
             }
         } else {
-            // Read-ahead: the next message has begun.
-            self.msg_started = Some(Instant::now());
+            // Read-ahead: the next message has begun; its clock starts if
+            // `fill` has to wait for the rest.
+            self.msg_started = None;
         }
         // Fds that came with reads ending inside this message.
         while let Some((at, _)) = self.fds.front() {
