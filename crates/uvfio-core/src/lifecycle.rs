@@ -750,12 +750,30 @@ impl DeviceHandle {
     }
 }
 
-impl Drop for DeviceHandle {
-    fn drop(&mut self) {
-        let Some(dev) = self.dev.take() else { return };
+impl DeviceHandle {
+    /// Releases this open now, as dropping the handle does, and reports
+    /// what dropping cannot: `EIO` if this was the last open and the
+    /// driver's `close_device` panicked (the device is released anyway, so
+    /// unregister still returns). A caller that hands the device to the
+    /// next user can then treat it as suspect, as the server does with its
+    /// faulted devices.
+    pub fn close(mut self) -> Result<()> {
+        if self.release() {
+            Err(Errno::IO)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Drops this user's open; returns whether `close_device` panicked.
+    fn release(&mut self) -> bool {
+        let Some(dev) = self.dev.take() else {
+            return false;
+        };
         let life = dev.life.clone();
         let mut st = life.lock();
         st.users.retain(|u| u.id != self.user);
+        let mut panicked = false;
         if st.open_count == 1 {
             // A panicking driver must not keep the device open for good:
             // the count still drops, so unregister can return.
@@ -767,11 +785,19 @@ impl Drop for DeviceHandle {
             }));
             if released.is_err() {
                 tracing::error!(device = %dev.name, "close_device panicked; released anyway");
+                panicked = true;
             }
         }
         st.open_count -= 1;
         // Drop our reference before the waiter can observe count == 0.
         drop(dev);
         life.cv.notify_all();
+        panicked
+    }
+}
+
+impl Drop for DeviceHandle {
+    fn drop(&mut self) {
+        self.release();
     }
 }

@@ -337,3 +337,56 @@ fn registry_listener_sees_register_and_unregister() {
         ]
     );
 }
+
+/// `close_device` panics on demand.
+#[derive(Default)]
+struct PanicsOnClose {
+    armed: std::sync::atomic::AtomicBool,
+    closes: AtomicU32,
+}
+
+impl DeviceOps for PanicsOnClose {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: DeviceFlags::empty(),
+            num_regions: 1,
+            num_irqs: 0,
+        }
+    }
+    fn close_device(&self) {
+        self.closes.fetch_add(1, Ordering::SeqCst);
+        if self.armed.load(Ordering::SeqCst) {
+            panic!("close_device exploded");
+        }
+    }
+}
+
+#[test]
+fn close_reports_a_panicking_close_device_and_releases_anyway() {
+    let reg = Registry::default();
+    let dev = reg
+        .init(PanicsOnClose::default(), "pc", GroupId(40))
+        .unwrap()
+        .register()
+        .unwrap();
+    let (_c, g) = attach(&reg, GroupId(40));
+    // A clean close is Ok.
+    g.get_device("pc").unwrap().close().unwrap();
+    // Not the last open: close_device does not run, nothing to report.
+    dev.driver().armed.store(true, Ordering::SeqCst);
+    let a = g.get_device("pc").unwrap();
+    let b = g.get_device("pc").unwrap();
+    assert_eq!(a.close(), Ok(()));
+    assert_eq!(dev.driver().closes.load(Ordering::SeqCst), 1);
+    // The last one: close_device panics; close says EIO and the device is
+    // released all the same.
+    assert_eq!(b.close(), Err(Errno::IO));
+    assert_eq!(dev.driver().closes.load(Ordering::SeqCst), 2);
+    assert_eq!(dev.open_count(), 0);
+    dev.driver().armed.store(false, Ordering::SeqCst);
+    let again = g.get_device("pc").unwrap();
+    drop(again);
+    drop(g);
+    let d = dev.unregister();
+    assert_eq!(d.closes.load(Ordering::SeqCst), 3);
+}

@@ -133,9 +133,10 @@
 //!
 //! Every driver call of a connection runs inside `catch_unwind`. A driver
 //! op that panics gets its request an `EIO` error reply and closes that
-//! connection only (the session, its mappings and eventfds are released;
-//! a panic in `close_device` still releases the device); the device is
-//! marked *faulted* ([`Server::faulted`]). The next client to attach to a
+//! connection only (the session, its mappings and eventfds are released);
+//! the device is marked *faulted* ([`Server::faulted`]). A panic in
+//! `close_device` at the end of a connection still releases the device
+//! and marks it faulted too ([`DeviceHandle::close`] reports it). The next client to attach to a
 //! faulted device gets it reset first; if the device cannot be reset (no
 //! reset op, or it fails or panics again) that client gets `EIO` and the
 //! device stays faulted until it is removed, which always works. A driver
@@ -1155,13 +1156,19 @@ fn serve(
     }
     // Balances attach: handle (close_device on the last), group, container
     // (every mapping unmapped), eventfds (cleared by the core).
-    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(session))) {
-        tracing::error!(
-            device = name,
-            "driver panicked while the connection was released: {}",
-            panic_text(&*p)
-        );
-        panicked = true;
+    match catch_unwind(AssertUnwindSafe(move || session.close())) {
+        Ok(false) => {}
+        // The core caught it (and logged it) so that the device is
+        // released regardless; it stays suspect for the next client.
+        Ok(true) => panicked = true,
+        Err(p) => {
+            tracing::error!(
+                device = name,
+                "driver panicked while the connection was released: {}",
+                panic_text(&*p)
+            );
+            panicked = true;
+        }
     }
     panicked
 }

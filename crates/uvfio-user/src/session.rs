@@ -260,6 +260,28 @@ impl Session {
         }
     }
 
+    /// Ends the connection's hold on its device, in the order dropping the
+    /// session would (the device handle, whose last close runs
+    /// `close_device`; the group; the container with every mapping), and
+    /// says whether the driver's `close_device` panicked: dropping cannot
+    /// report that, and the server marks the device faulted for it.
+    pub fn close(mut self) -> bool {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Ready(ready) => {
+                let Attachment {
+                    handle,
+                    group,
+                    container,
+                } = ready.att;
+                let panicked = handle.close().is_err();
+                drop(group);
+                drop(container);
+                panicked
+            }
+            _ => false,
+        }
+    }
+
     /// Where the session is.
     #[must_use]
     pub fn state(&self) -> SessionState {

@@ -214,21 +214,48 @@ fn fault_device_that_cannot_reset_refuses_clients_until_removed() {
 }
 
 #[test]
-fn fault_panic_in_close_device_still_releases_the_device() {
-    let w = world("flt-close", Faulty::default());
+fn fault_panic_in_close_device_releases_the_device_and_marks_it_faulted() {
+    let w = world(
+        "flt-close",
+        Faulty {
+            has_reset: true,
+            ..Faulty::default()
+        },
+    );
     w.dev.driver().panic_on_close.store(true, Ordering::SeqCst);
     let c = w.connect().unwrap();
     drop(c);
     w.wait_released();
     w.check_bystander();
-    // The core caught it (and logged it): the device is released and
-    // can be opened again, or removed.
+    // The core caught it so that the device is released; the server
+    // learnt of it from DeviceHandle::close and treats the device as
+    // suspect: the next client gets it reset first.
+    assert_eq!(w.server.faulted(), vec!["flt-close".to_owned()]);
+    w.dev.driver().panic_on_close.store(false, Ordering::SeqCst);
     let c = w.connect().unwrap();
+    assert_eq!(w.dev.driver().resets.load(Ordering::SeqCst), 1);
+    assert!(w.server.faulted().is_empty());
     drop(c);
     w.wait_released();
+    assert!(w.server.faulted().is_empty());
     let World { dev, .. } = w;
     let d = dev.unregister();
     assert_eq!(d.closes.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn fault_panic_in_close_device_without_reset_refuses_clients_until_removed() {
+    let w = world("flt-close-noreset", Faulty::default());
+    w.dev.driver().panic_on_close.store(true, Ordering::SeqCst);
+    drop(w.connect().unwrap());
+    w.wait_released();
+    assert_eq!(w.server.faulted(), vec!["flt-close-noreset".to_owned()]);
+    let e = w.connect().unwrap_err();
+    assert_eq!(server_errno(e), Errno::IO);
+    w.check_bystander();
+    let World { server, dev, .. } = w;
+    let _ = dev.unregister();
+    assert!(server.faulted().is_empty());
 }
 
 #[test]
