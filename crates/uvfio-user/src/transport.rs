@@ -397,16 +397,7 @@ const READ_AHEAD: usize = 16 * 1024;
 
 impl Default for RecvBuffer {
     fn default() -> Self {
-        RecvBuffer {
-            buf: vec![0; READ_AHEAD],
-            start: 0,
-            end: 0,
-            consumed: 0,
-            fds: std::collections::VecDeque::new(),
-            msg_started: None,
-            blocking_wait: false,
-            read_ahead: true,
-        }
+        RecvBuffer::with_buffer(vec![0; READ_AHEAD], true)
     }
 }
 
@@ -420,15 +411,19 @@ impl RecvBuffer {
     /// A buffer that never reads past the message it is assembling, and
     /// allocates nothing until the first read ([`recv_message`]).
     fn unbuffered() -> RecvBuffer {
+        RecvBuffer::with_buffer(Vec::new(), false)
+    }
+
+    fn with_buffer(buf: Vec<u8>, read_ahead: bool) -> RecvBuffer {
         RecvBuffer {
-            buf: Vec::new(),
+            buf,
             start: 0,
             end: 0,
             consumed: 0,
             fds: std::collections::VecDeque::new(),
             msg_started: None,
             blocking_wait: false,
-            read_ahead: false,
+            read_ahead,
         }
     }
 

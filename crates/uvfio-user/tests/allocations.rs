@@ -8,22 +8,19 @@ use std::alloc::System;
 
 use common::*;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use uvfio_core::{GroupId, Registry};
-use uvfio_user::{Client, Server, ServerConfig};
+use uvfio_user::Client;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 #[test]
 fn region_round_trips_do_not_allocate() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::default();
-    let server = Server::new(registry.clone(), ServerConfig::new(dir.path())).unwrap();
-    let dev = registry
-        .init(TestDevice::new(), "dev0", GroupId(1))
-        .unwrap()
-        .register()
-        .unwrap();
+    let Served {
+        server,
+        dev,
+        dir: _dir,
+        ..
+    } = serve_test_device("dev0");
     let client = Client::connect(server.socket_path("dev0").unwrap()).unwrap();
     let mut word = [0u8; 4];
     let mut page = vec![0u8; 4096];

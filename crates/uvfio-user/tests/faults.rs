@@ -341,14 +341,12 @@ fn child_accept_out_of_fds() {
     }
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     logs::init();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::default();
-    let server = Server::new(registry.clone(), ServerConfig::new(dir.path())).unwrap();
-    let _dev = registry
-        .init(TestDevice::new(), "emfile", GroupId(1))
-        .unwrap()
-        .register()
-        .unwrap();
+    let Served {
+        server,
+        dev: _dev,
+        dir: _dir,
+        ..
+    } = serve_test_device("emfile");
     let path = server.socket_path("emfile").unwrap();
     // The client's socket exists before the fds run out.
     let sock = rustix::net::socket(

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use uvfio_core::{DmaPerm, GroupId, Registry, SharedMemory};
+use uvfio_core::{DmaPerm, SharedMemory};
 use uvfio_user::proto;
-use uvfio_user::{Client, Server, ServerConfig};
+use uvfio_user::Client;
 use vfio_bindings::bindings::vfio::{
     vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_INFO_EVENTFD,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_REGION_INFO_FLAG_MMAP,
@@ -26,14 +26,12 @@ use vfio_bindings::bindings::vfio::{
 
 #[test]
 fn rust_vmm_client_drives_a_uvfio_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::default();
-    let server = Server::new(registry.clone(), ServerConfig::new(dir.path())).unwrap();
-    let dev = registry
-        .init(TestDevice::new(), "dev0", GroupId(1))
-        .unwrap()
-        .register()
-        .unwrap();
+    let Served {
+        server,
+        dev,
+        dir: _dir,
+        ..
+    } = serve_test_device("dev0");
     let path = server.socket_path("dev0").unwrap();
 
     // Negotiation, DEVICE_GET_INFO (argsz 32) and every region's info.

@@ -300,3 +300,34 @@ pub fn wait_eventfd(fd: &impl AsFd) -> u64 {
     });
     v
 }
+
+/// A server in a fresh temp folder serving one [`TestDevice`].
+pub struct Served {
+    pub server: uvfio_user::Server,
+    pub dev: uvfio_core::RegisteredDevice<TestDevice>,
+    pub registry: uvfio_core::Registry,
+    /// Removed when dropped: keep it while the server runs (a `..` in a
+    /// destructuring pattern drops it at once; bind it to `_dir`).
+    pub dir: tempfile::TempDir,
+}
+
+/// Serves a [`TestDevice`] called `name` (group 1) with the default
+/// server configuration.
+pub fn serve_test_device(name: &str) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = uvfio_core::Registry::default();
+    let server =
+        uvfio_user::Server::new(registry.clone(), uvfio_user::ServerConfig::new(dir.path()))
+            .unwrap();
+    let dev = registry
+        .init(TestDevice::new(), name, uvfio_core::GroupId(1))
+        .unwrap()
+        .register()
+        .unwrap();
+    Served {
+        server,
+        dev,
+        registry,
+        dir,
+    }
+}
