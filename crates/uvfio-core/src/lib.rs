@@ -94,7 +94,7 @@ pub use lifecycle::{
 pub use migration::{MigFlags, MigState, MigrationOps};
 pub use mmap::{MmapRegion, Protection, SharedMemory};
 pub use open_device::OpenDevice;
-pub use ops::{DeviceFlags, DeviceInfo, DeviceOps, OpenContext, MAX_REGIONS};
+pub use ops::{CloseReason, DeviceFlags, DeviceInfo, DeviceOps, OpenContext, MAX_REGIONS};
 pub use region::{
     RegionCap, RegionFlags, RegionInfo, RegionMmap, SparseArea, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
     VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_CAP_TYPE,

@@ -23,7 +23,7 @@ use crate::errno::{Errno, Result};
 use crate::group::{GroupId, GroupOpen};
 use crate::irq::{IrqInfo, SetIrqs};
 use crate::migration::{self, MigFlags, MigState, MigrationOps};
-use crate::ops::{DeviceFlags, DeviceInfo, DeviceOps, OpenContext, MAX_REGIONS};
+use crate::ops::{CloseReason, DeviceFlags, DeviceInfo, DeviceOps, OpenContext, MAX_REGIONS};
 use crate::region::{RegionFlags, RegionInfo};
 use crate::registry::{Registry, RegistryEvent};
 
@@ -37,6 +37,10 @@ pub struct OpenOptions {
     pub label: String,
     /// Called (outside any lock) each time unregister calls `request`.
     pub on_request: Option<RequestHook>,
+    /// If this user is the last to close, the driver hears
+    /// [`CloseReason::Disconnected`] (keep device state for a reconnect,
+    /// as the vfio-user spec wants) instead of [`CloseReason::Released`].
+    pub keep_state: bool,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -44,6 +48,7 @@ impl std::fmt::Debug for OpenOptions {
         f.debug_struct("OpenOptions")
             .field("label", &self.label)
             .field("on_request", &self.on_request.is_some())
+            .field("keep_state", &self.keep_state)
             .finish()
     }
 }
@@ -52,6 +57,7 @@ struct User {
     id: u64,
     label: String,
     on_request: Option<RequestHook>,
+    keep_state: bool,
 }
 
 struct LifeState {
@@ -569,6 +575,7 @@ impl DeviceHandle {
             id: user,
             label: opts.label,
             on_request: opts.on_request,
+            keep_state: opts.keep_state,
         });
         drop(st);
         Ok(DeviceHandle {
@@ -772,13 +779,17 @@ impl DeviceHandle {
         };
         let life = dev.life.clone();
         let mut st = life.lock();
+        let reason = match st.users.iter().find(|u| u.id == self.user) {
+            Some(u) if u.keep_state => CloseReason::Disconnected,
+            _ => CloseReason::Released,
+        };
         st.users.retain(|u| u.id != self.user);
         let mut panicked = false;
         if st.open_count == 1 {
             // A panicking driver must not keep the device open for good:
             // the count still drops, so unregister can return.
             let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                dev.driver.close_device();
+                dev.driver.close_device(reason);
                 if let Some(irqs) = dev.driver.irqs() {
                     irqs.clear();
                 }

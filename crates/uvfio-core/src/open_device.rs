@@ -223,7 +223,7 @@ mod tests {
             *self.dma.lock().unwrap() = Some(ctx.dma.clone());
             Ok(())
         }
-        fn close_device(&self) {
+        fn close_device(&self, _: crate::CloseReason) {
             let dma = self.dma.lock().unwrap().take().unwrap();
             let mut b = [0u8];
             let r = dma.read(0, &mut b).map(|()| b[0]);

@@ -68,9 +68,14 @@ pub trait DeviceOps: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Called when the last handle is released. The core then clears the
-    /// [`IrqLines`] returned by [`DeviceOps::irqs`].
-    fn close_device(&self) {}
+    /// Called when the last handle is released, with why (see
+    /// [`CloseReason`]: the last user's [`OpenOptions::keep_state`]). The
+    /// core then clears the [`IrqLines`] returned by [`DeviceOps::irqs`].
+    ///
+    /// [`OpenOptions::keep_state`]: crate::OpenOptions::keep_state
+    fn close_device(&self, reason: CloseReason) {
+        let _ = reason;
+    }
 
     /// Describes region `index` (`index < info().num_regions`). The core
     /// reads the layout (size and flags) of every region once at register.
@@ -133,4 +138,17 @@ pub trait DeviceOps: Send + Sync + 'static {
     fn request(&self, count: u32) {
         let _ = count;
     }
+}
+
+/// Why the last user let go of a device ([`DeviceOps::close_device`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The device was released, as the kernel's last close of a device fd:
+    /// the next user should find it as after a reset (vfio-pci's disable
+    /// path resets the function).
+    Released,
+    /// The user went away but may come back to the device as it left it:
+    /// a vfio-user client's disconnect, after which the spec keeps device
+    /// state for a reconnect. DMA and interrupt bindings go either way.
+    Disconnected,
 }

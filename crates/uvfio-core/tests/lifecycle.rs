@@ -29,7 +29,7 @@ impl DeviceOps for Probe {
         self.opens.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn close_device(&self) {
+    fn close_device(&self, _: CloseReason) {
         self.closes.fetch_add(1, Ordering::SeqCst);
     }
     fn region_info(&self, index: u32) -> Result<RegionInfo> {
@@ -233,6 +233,7 @@ fn unregister_blocks_requests_with_backoff_and_returns_on_release() {
                 on_request: Some(Arc::new(move |n| {
                     let _ = tx.send(n);
                 })),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -266,7 +267,7 @@ fn unregister_timeout_reports_holders_and_can_resume() {
             "t",
             OpenOptions {
                 label: "client pid 42".into(),
-                on_request: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -353,7 +354,7 @@ impl DeviceOps for PanicsOnClose {
             num_irqs: 0,
         }
     }
-    fn close_device(&self) {
+    fn close_device(&self, _: CloseReason) {
         self.closes.fetch_add(1, Ordering::SeqCst);
         if self.armed.load(Ordering::SeqCst) {
             panic!("close_device exploded");
@@ -389,4 +390,63 @@ fn close_reports_a_panicking_close_device_and_releases_anyway() {
     drop(g);
     let d = dev.unregister();
     assert_eq!(d.closes.load(Ordering::SeqCst), 3);
+}
+
+/// Records the reason of each `close_device`.
+#[derive(Default)]
+struct Reasons(Mutex<Vec<CloseReason>>);
+
+impl DeviceOps for Reasons {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: DeviceFlags::empty(),
+            num_regions: 1,
+            num_irqs: 0,
+        }
+    }
+    fn close_device(&self, reason: CloseReason) {
+        self.0.lock().unwrap().push(reason);
+    }
+}
+
+#[test]
+fn the_last_user_to_close_decides_the_close_reason() {
+    let reg = Registry::default();
+    let dev = reg
+        .init(Reasons::default(), "r", GroupId(41))
+        .unwrap()
+        .register()
+        .unwrap();
+    let (_c, g) = attach(&reg, GroupId(41));
+    let keeper = || {
+        g.get_device_with(
+            "r",
+            OpenOptions {
+                keep_state: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    drop(g.get_device("r").unwrap());
+    drop(keeper());
+    // Two users; the plain one closes last.
+    let (k, p) = (keeper(), g.get_device("r").unwrap());
+    drop(k);
+    drop(p);
+    // Two users; the keeper closes last.
+    let (k, p) = (keeper(), g.get_device("r").unwrap());
+    drop(p);
+    drop(k);
+    assert_eq!(
+        *dev.driver().0.lock().unwrap(),
+        [
+            CloseReason::Released,
+            CloseReason::Disconnected,
+            CloseReason::Released,
+            CloseReason::Disconnected
+        ]
+    );
+    drop(g);
+    let _ = dev.unregister();
 }

@@ -48,7 +48,7 @@ impl DeviceOps for Dev {
         self.shared.opens.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn close_device(&self) {
+    fn close_device(&self, _: CloseReason) {
         self.check();
         assert!(self.open.swap(false, Ordering::SeqCst));
         self.shared.closes.fetch_add(1, Ordering::SeqCst);

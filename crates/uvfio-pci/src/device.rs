@@ -45,9 +45,9 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use uvfio_core::{
-    DeviceFlags, DeviceInfo, DeviceOps, Dma, Errno, IrqFlags, IrqIndexConfig, IrqInfo, IrqLines,
-    MigrationOps, OpenContext, RegionCap, RegionFlags, RegionInfo, RegionMmap, Result, SetIrqs,
-    SharedMemory, SparseArea,
+    CloseReason, DeviceFlags, DeviceInfo, DeviceOps, Dma, Errno, IrqFlags, IrqIndexConfig, IrqInfo,
+    IrqLines, MigrationOps, OpenContext, RegionCap, RegionFlags, RegionInfo, RegionMmap, Result,
+    SetIrqs, SharedMemory, SparseArea,
 };
 
 use crate::bar::{Bar, Rom, PCI_NUM_BARS};
@@ -958,11 +958,24 @@ impl<F: PciFunction> DeviceOps for PciDevice<F> {
         Ok(())
     }
 
-    fn close_device(&self) {
+    fn close_device(&self, reason: CloseReason) {
         self.function.close();
         *self.shared.dma.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        // Like vfio-pci's disable path: the next user gets a reset function.
-        self.shared.lock().reset();
+        let mut st = self.shared.lock();
+        match reason {
+            // Like vfio-pci's disable path: the next user gets a reset
+            // function.
+            CloseReason::Released => st.reset(),
+            // A vfio-user client left and may reconnect: config space
+            // (BARs, command register, MSI/MSI-X setup) and the MSI-X table
+            // stay as programmed; what was latched for the old client's
+            // eventfds (gone with it) is dropped.
+            CloseReason::Disconnected => {
+                st.latched.clear();
+                st.err_latched = false;
+            }
+        }
+        drop(st);
         self.reset_migration();
     }
 

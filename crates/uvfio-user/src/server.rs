@@ -68,6 +68,16 @@
 //! can attach. (A consequence: two devices of one IOMMU group cannot be
 //! used by two clients at the same time, as with VFIO.)
 //!
+//! When a client goes, its DMA mappings, eventfds and container go with
+//! it, and the device keeps its state for a reconnect, as the spec asks:
+//! connections open the device with [`OpenOptions::keep_state`], so the
+//! driver's `close_device` hears [`CloseReason::Disconnected`] (a
+//! `uvfio_pci::PciDevice` keeps its config space and MSI-X table)
+//! rather than the kernel-like [`CloseReason::Released`], which resets.
+//!
+//! [`CloseReason::Disconnected`]: uvfio_core::CloseReason::Disconnected
+//! [`CloseReason::Released`]: uvfio_core::CloseReason::Released
+//!
 //! # Limits
 //!
 //! Nothing a client sends sizes an allocation, a loop or a wait without a
@@ -1042,6 +1052,9 @@ fn run_connection(inner: &Weak<Inner>, name: &str, group: GroupId, shared: &Arc<
             OpenOptions {
                 label,
                 on_request: Some(on_request),
+                // The spec: a client's disconnect keeps device state for
+                // a reconnect (mappings and eventfds go regardless).
+                keep_state: true,
             },
         )?;
         if let Some(server) = server_ref.upgrade() {

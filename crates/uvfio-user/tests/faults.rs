@@ -45,7 +45,7 @@ impl DeviceOps for Faulty {
             num_irqs: 0,
         }
     }
-    fn close_device(&self) {
+    fn close_device(&self, _: uvfio_core::CloseReason) {
         self.closes.fetch_add(1, Ordering::SeqCst);
         if self.panic_on_close.load(Ordering::SeqCst) {
             panic!("close_device exploded");

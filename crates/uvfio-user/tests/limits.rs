@@ -259,7 +259,7 @@ impl DeviceOps for DmaProbe {
         *self.dma.lock().unwrap() = Some(ctx.dma.clone());
         Ok(())
     }
-    fn close_device(&self) {
+    fn close_device(&self, _: uvfio_core::CloseReason) {
         *self.dma.lock().unwrap() = None;
     }
     fn region_info(&self, index: u32) -> uvfio_core::Result<RegionInfo> {

@@ -142,7 +142,7 @@ impl DeviceOps for MigDev {
         *lock(&self.dma) = Some(ctx.dma.clone());
         Ok(())
     }
-    fn close_device(&self) {
+    fn close_device(&self, _: uvfio_core::CloseReason) {
         *lock(&self.dma) = None;
     }
     fn region_info(&self, index: u32) -> uvfio_core::Result<RegionInfo> {

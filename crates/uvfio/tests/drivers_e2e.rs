@@ -150,3 +150,52 @@ fn dma_engine_copies_client_memory_and_signals_msix() {
     drop(dev.unregister());
     server.shutdown();
 }
+
+/// The vfio-user spec: when the client goes, the server drops its DMA
+/// mappings and eventfds but keeps device state for a reconnect. The
+/// client that comes back finds the config space (command register, BAR
+/// address, MSI enable) and the registers as it left them.
+#[test]
+fn a_reconnecting_client_finds_the_device_as_it_left_it() {
+    let (_dir, reg, server) = serve();
+    let dev = gpio::create(&reg, "io1", GroupId(4), &gpio::GpioOptions::default()).unwrap();
+    let path = server.socket_path("io1").unwrap();
+    let read32 = |c: &Client, region: u32, off: u64| {
+        let mut v = [0u8; 4];
+        c.region_read(region, off, &mut v).unwrap();
+        u32::from_le_bytes(v)
+    };
+    let c = Client::connect(&path).unwrap();
+    let irq = eventfd().unwrap();
+    c.set_irq_eventfds(MSI, 0, &[irq.as_fd()]).unwrap();
+    c.region_write(CONFIG, 0x10, &0xfe00_0000u32.to_le_bytes())
+        .unwrap(); // BAR0
+    c.region_write(CONFIG, 0x04, &0x0006u16.to_le_bytes())
+        .unwrap(); // MEM | BUS_MASTER
+    c.region_write(0, 0x04, &0x0042u32.to_le_bytes()).unwrap(); // OUTPUT
+    let before = (
+        read32(&c, CONFIG, 0x04) & 0xffff,
+        read32(&c, CONFIG, 0x10),
+        read32(&c, 0, 0x04),
+    );
+    assert_eq!(before.0 & 0x6, 0x6);
+    c.shutdown();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dev.open_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(dev.open_count(), 0, "the server released the device");
+
+    let c = Client::connect(&path).unwrap();
+    let after = (
+        read32(&c, CONFIG, 0x04) & 0xffff,
+        read32(&c, CONFIG, 0x10),
+        read32(&c, 0, 0x04),
+    );
+    assert_eq!(after, before);
+    c.shutdown();
+    drop(c);
+    drop(dev.unregister());
+    server.shutdown();
+}

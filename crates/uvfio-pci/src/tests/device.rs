@@ -587,3 +587,65 @@ fn close_resets_config_for_next_user() {
     drop(h);
     let _ = dev.unregister();
 }
+
+#[test]
+fn disconnect_keeps_config_for_a_reconnect() {
+    let dev = PciDevice::new(test_config(), |_| Recorder::default()).unwrap();
+    let registry = Registry::default();
+    let dev = registry
+        .init(dev, "pci0", GroupId(5))
+        .unwrap()
+        .register()
+        .unwrap();
+    let container = Container::new();
+    let group = registry.open_group(GroupId(5)).unwrap();
+    group.set_container(&container).unwrap();
+    container.set_iommu(IommuType::Type1v2).unwrap();
+    let client = || {
+        group
+            .get_device_with(
+                "pci0",
+                uvfio_core::OpenOptions {
+                    keep_state: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    let read16 = |h: &uvfio_core::DeviceHandle, off: u64| {
+        let mut b = [0u8; 2];
+        h.read(VFIO_PCI_CONFIG_REGION_INDEX, off, &mut b).unwrap();
+        u16::from_le_bytes(b)
+    };
+    let read32 = |h: &uvfio_core::DeviceHandle, off: u64| {
+        let mut b = [0u8; 4];
+        h.read(VFIO_PCI_CONFIG_REGION_INDEX, off, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    };
+    let h = client();
+    h.write(VFIO_PCI_CONFIG_REGION_INDEX, 4, &7u16.to_le_bytes())
+        .unwrap();
+    h.write(
+        VFIO_PCI_CONFIG_REGION_INDEX,
+        0x10,
+        &0xfebf_0000u32.to_le_bytes(),
+    )
+    .unwrap();
+    let (command, bar0) = (read16(&h, 4), read32(&h, 0x10));
+    assert_ne!(command, 0x0003, "the write took effect");
+    drop(h);
+    // The vfio-user client reconnects: the device is as it left it.
+    let h = client();
+    assert_eq!(read16(&h, 4), command);
+    assert_eq!(read32(&h, 0x10), bar0);
+    drop(h);
+    // A plain release (the kernel's last close) resets it.
+    let h = group.get_device("pci0").unwrap();
+    drop(h);
+    let h = group.get_device("pci0").unwrap();
+    assert_eq!(read16(&h, 4), 0x0003);
+    // BAR addresses survive even a reset (vfio-pci keeps them virtual).
+    assert_eq!(read32(&h, 0x10), bar0);
+    drop(h);
+    let _ = dev.unregister();
+}

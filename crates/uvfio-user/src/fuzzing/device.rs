@@ -142,7 +142,7 @@ impl DeviceOps for FuzzDevice {
         Ok(())
     }
 
-    fn close_device(&self) {
+    fn close_device(&self, _: uvfio_core::CloseReason) {
         *lock(&self.dma) = None;
     }
 

@@ -187,7 +187,7 @@ impl DeviceOps for TestDevice {
         Ok(())
     }
 
-    fn close_device(&self) {
+    fn close_device(&self, _: uvfio_core::CloseReason) {
         *self.dma.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.closes.fetch_add(1, Ordering::SeqCst);
     }
