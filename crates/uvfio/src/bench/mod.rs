@@ -3,9 +3,12 @@
 //! Every figure is a ratio against a baseline measured in the same run on
 //! the same machine (raw socket ping-pong, `memcpy`, plain memory), so the
 //! table holds on a noisy shared host. Each measurement is the median of
-//! several repetitions. Threads are not pinned: on a 2-core machine pinning
-//! client and server to distinct cores gave no steadier medians than the
-//! scheduler's choice, and the ratios compare like with like.
+//! several repetitions. The message path is measured in two pinned
+//! layouts, the same for ours and the ping-pong: client and server threads
+//! on one CPU (the software path: two context switches a round trip, no
+//! cross-CPU wake-up; repeats to about ±1 %), and on two CPUs (adds two
+//! cross-CPU wake-ups, which on a VM cost an IPI through the hypervisor
+//! each and can dwarf everything else).
 
 mod core_paths;
 mod socket_paths;
@@ -78,7 +81,7 @@ pub fn run_scale(devices: u32, clients: u32, seconds: f64) -> anyhow::Result<Vec
 /// Prints rows as a table.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<44} {:>14} {:>14} {:>6} {:>8}  goal",
+        "{:<62} {:>12} {:>12} {:>6} {:>7}  goal",
         "benchmark", "ours", "baseline", "unit", "ratio"
     );
     for r in rows {
@@ -88,7 +91,7 @@ pub fn print_table(rows: &[Row]) {
             None => "",
         };
         println!(
-            "{:<44} {:>14.1} {:>14.1} {:>6} {:>8.3}  {} {}",
+            "{:<62} {:>12.1} {:>12.1} {:>6} {:>7.3}  {} {}",
             r.name, r.ours, r.baseline, r.unit, r.ratio, r.goal, met
         );
     }
