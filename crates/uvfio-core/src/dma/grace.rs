@@ -28,7 +28,7 @@
 //! Read sections must be short and must not block: [`synchronize`] spins,
 //! then yields, then sleeps while it waits for them.
 
-use std::sync::atomic::{compiler_fence, fence, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -39,8 +39,18 @@ use rustix::thread::{membarrier, MembarrierCommand};
 /// agrees on which side pays for the fence.
 fn expedited() -> bool {
     static EXPEDITED: OnceLock<bool> = OnceLock::new();
-    *EXPEDITED.get_or_init(|| membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok())
+    *EXPEDITED.get_or_init(|| {
+        let on = membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok();
+        EXPEDITED_FAST.store(on, Ordering::Relaxed);
+        on
+    })
 }
+
+/// The same answer for the read-section fast path: one plain load. Read
+/// only by threads that went through [`ReaderSlot::register`], which calls
+/// [`expedited`]: the store happens before the `OnceLock` completes, and
+/// every thread that finds it complete has synchronised with that.
+static EXPEDITED_FAST: AtomicBool = AtomicBool::new(false);
 
 /// Every live slot, for writers to scan.
 static SLOTS: Mutex<Vec<Arc<ReaderSlot>>> = Mutex::new(Vec::new());
@@ -89,7 +99,7 @@ impl ReaderSlot {
             return None;
         }
         self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
-        if expedited() {
+        if EXPEDITED_FAST.load(Ordering::Relaxed) {
             // The writer's membarrier supplies the store→load fence.
             compiler_fence(Ordering::SeqCst);
         } else {
