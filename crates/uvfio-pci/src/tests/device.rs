@@ -564,32 +564,10 @@ fn quirks_change_config_size_and_absent_irq_errors() {
 }
 
 #[test]
-fn close_resets_config_for_next_user() {
-    let dev = PciDevice::new(test_config(), |_| Recorder::default()).unwrap();
-    let registry = Registry::default();
-    let dev = registry
-        .init(dev, "pci0", GroupId(4))
-        .unwrap()
-        .register()
-        .unwrap();
-    let container = Container::new();
-    let group = registry.open_group(GroupId(4)).unwrap();
-    group.set_container(&container).unwrap();
-    container.set_iommu(IommuType::Type1v2).unwrap();
-    let h = group.get_device("pci0").unwrap();
-    h.write(VFIO_PCI_CONFIG_REGION_INDEX, 4, &7u16.to_le_bytes())
-        .unwrap();
-    drop(h);
-    let h = group.get_device("pci0").unwrap();
-    let mut b = [0u8; 2];
-    h.read(VFIO_PCI_CONFIG_REGION_INDEX, 4, &mut b).unwrap();
-    assert_eq!(u16::from_le_bytes(b), 0x0003);
-    drop(h);
-    let _ = dev.unregister();
-}
-
-#[test]
-fn disconnect_keeps_config_for_a_reconnect() {
+/// A release (the kernel's last close) gives the next user a reset
+/// function; a vfio-user disconnect (`keep_state`) keeps the config space
+/// for the client's reconnect.
+fn close_resets_config_but_a_disconnect_keeps_it() {
     let dev = PciDevice::new(test_config(), |_| Recorder::default()).unwrap();
     let registry = Registry::default();
     let dev = registry
