@@ -60,9 +60,12 @@
 //!   it the ratio is 1.145 for reads, 1.12–1.13 for writes); user space
 //!   the rest (callgrind: 3,585 instructions a round trip, client and
 //!   server, against the ping-pong's 392). The goal of 1.10× is not met
-//!   yet; what would get there is a client that waits without a timer (a
-//!   watchdog for the reply timeout) and reads without a control buffer
-//!   while no reply that may carry fds is outstanding.
+//!   yet. Measured with a hacked client: waiting without the timer and
+//!   reading with `recv` (no control buffer) gives 1.11–1.14; a real
+//!   version needs a watchdog for the reply timeout (a blocked `recvmsg`
+//!   can only be woken by a signal or a shutdown) and plain reads only
+//!   while no reply that may carry fds (REGION_INFO, GET_REGION_IO_FDS) is
+//!   outstanding. The rest is user space.
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a
 //!   connection 57 KiB; 256 clients on 2 cores get 5× the throughput of
 //!   one here (one client waits on wake-ups; 256 keep both CPUs busy).
