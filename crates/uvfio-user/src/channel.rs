@@ -16,7 +16,9 @@
 //!   queued for the serving thread ([`Incoming::Queue`], the server) or
 //!   handed to a callback ([`Incoming::Handle`], the client answering DMA).
 //!   The wait is bounded; on timeout the request fails and a late reply is
-//!   dropped.
+//!   dropped. On a channel [`Channel::with_watchdog`] (the client's) the
+//!   reader blocks in `recvmsg` with no timer and an overdue wait closes
+//!   the connection instead.
 //!
 //! Because the serving thread gives up the reader role while it executes a
 //! command, a DMA issued from inside that command can always make progress:
@@ -104,6 +106,9 @@ struct State {
     /// Threads blocked on the condition variable: a wake-up is a syscall,
     /// so the hot path skips it when nobody waits.
     waiters: usize,
+    /// With a watchdog: the deadline (and the timeout it came from) of the
+    /// reader blocked in `recvmsg` for a reply.
+    watched: Option<(Instant, Duration)>,
 }
 
 /// Requests awaiting replies, by message id. Only ids we handed out are
@@ -144,6 +149,9 @@ pub(crate) struct Channel {
     max_pending: usize,
     /// Who is on the other end, for log lines (the device name).
     label: String,
+    /// Replies are awaited blocking in `recvmsg` with no timeout, and
+    /// [`crate::watchdog`] enforces the deadline ([`Channel::with_watchdog`]).
+    watchdog: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -167,6 +175,7 @@ impl Channel {
                 closed: None,
                 limits,
                 waiters: 0,
+                watched: None,
             }),
             cv: Condvar::new(),
             next_id: AtomicU16::new(0),
@@ -174,6 +183,7 @@ impl Channel {
             max_queued_fds: usize::MAX,
             max_pending: usize::MAX,
             label: String::new(),
+            watchdog: false,
         }
     }
 
@@ -249,13 +259,34 @@ impl Channel {
         self.wake(st);
     }
 
-    /// For a socket with `SO_RCVTIMEO` set: readers with a deadline wait in
-    /// `recvmsg` itself (see [`transport::RecvBuffer::set_blocking_wait`]).
-    pub(crate) fn set_blocking_wait(&self) {
-        self.rbuf
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_blocking_wait(true);
+    /// Waits for replies inside a plain blocking `recvmsg`: no `poll`
+    /// first and no `SO_RCVTIMEO`, whose kernel timer, armed on every
+    /// blocking wait, cost ~0.4 µs a round trip. The reply deadline is
+    /// kept by [`crate::watchdog`] instead, which (the caller must
+    /// register the channel with it) fails an overdue call with
+    /// [`ChannelError::Timeout`] by closing the connection: a blocked
+    /// `recvmsg` cannot be woken any other way without signals. For the
+    /// client, whose peer is dead to it once a reply is that late.
+    #[must_use]
+    pub(crate) fn with_watchdog(mut self) -> Channel {
+        self.watchdog = true;
+        self
+    }
+
+    /// Closes the connection if a reader has waited past its deadline
+    /// (called by the watchdog).
+    pub(crate) fn expire_if_overdue(&self, now: Instant) {
+        let mut st = self.lock();
+        if let Some((deadline, timeout)) = st.watched {
+            if now >= deadline {
+                tracing::warn!(
+                    peer = %self.label,
+                    ?timeout,
+                    "no reply in time; closing the connection"
+                );
+                self.close_locked(&mut st, ChannelError::Timeout(timeout));
+            }
+        }
     }
 
     /// Becomes the reader (the caller saw `reader_busy` clear), reads one
@@ -436,7 +467,13 @@ impl Channel {
             }
             if !st.reader_busy {
                 let r;
-                (st, r) = self.read_as_leader(st, Some(deadline), reply);
+                if self.watchdog {
+                    st.watched = Some((deadline, timeout));
+                    (st, r) = self.read_as_leader(st, None, reply);
+                    st.watched = None;
+                } else {
+                    (st, r) = self.read_as_leader(st, Some(deadline), reply);
+                }
                 match r {
                     Ok(()) if reply.is_reply() && reply.msg_id() == id => {
                         st.pending.remove(&id);

@@ -39,7 +39,11 @@ mod migration;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Longest wait for any reply.
+    /// Longest wait for any reply. A reply later than this fails its call
+    /// with [`ChannelError::Timeout`] (`ETIMEDOUT`) and closes the
+    /// connection: a peer that late is taken for dead, and no late reply
+    /// can be mistaken for a later request's. Kept to within ~50 ms by a
+    /// watchdog thread rather than a kernel timer on every wait.
     pub timeout: Duration,
     /// Longest stall inside a message from the server.
     pub io_timeout: Duration,
@@ -379,16 +383,12 @@ impl Client {
             twin_socket_fd_index: None,
         };
         let limits = pre.decode_limits();
-        // Replies are awaited inside recvmsg (one syscall per round trip,
-        // not poll + recvmsg); SO_RCVTIMEO bounds each wait so the call's
-        // deadline is still checked at least once a second.
-        crate::transport::set_recv_timeout(&sock, Some(config.timeout.min(Duration::from_secs(1))))
-            .map_err(|errno| ClientError::Local {
-                what: "SO_RCVTIMEO",
-                errno,
-            })?;
-        let chan = Arc::new(Channel::new(sock, frame_limits(&limits, &config), 64 << 20));
-        chan.set_blocking_wait();
+        // Replies are awaited inside a plain blocking recvmsg (one syscall
+        // per round trip, no poll, no SO_RCVTIMEO timer); the watchdog keeps
+        // the deadline.
+        let chan =
+            Arc::new(Channel::new(sock, frame_limits(&limits, &config), 64 << 20).with_watchdog());
+        crate::watchdog::watch(&chan);
         let mut client = Client {
             chan,
             negotiated: pre,

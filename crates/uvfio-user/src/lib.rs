@@ -22,6 +22,7 @@ pub mod proto;
 pub mod server;
 pub mod session;
 pub mod transport;
+mod watchdog;
 
 pub use channel::ChannelError;
 pub use client::{Client, ClientConfig, ClientError};

@@ -608,3 +608,62 @@ fn many_devices_and_256_concurrent_clients() {
     }
     wait_until("no connections", || f.server.connections() == 0);
 }
+
+/// A device whose register 4 takes a while to read.
+struct Slow;
+
+impl uvfio_core::DeviceOps for Slow {
+    fn info(&self) -> uvfio_core::DeviceInfo {
+        uvfio_core::DeviceInfo {
+            flags: uvfio_core::DeviceFlags::PCI,
+            num_regions: 9,
+            num_irqs: 0,
+        }
+    }
+    fn region_info(&self, index: u32) -> uvfio_core::Result<uvfio_core::RegionInfo> {
+        Ok(match index {
+            BAR0 => uvfio_core::RegionInfo::rw(index, 8),
+            _ => uvfio_core::RegionInfo::absent(index),
+        })
+    }
+    fn read(&self, _: u32, offset: u64, buf: &mut [u8]) -> uvfio_core::Result<()> {
+        if offset == 4 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        buf.fill(0x5a);
+        Ok(())
+    }
+}
+
+/// The client waits for replies with no kernel timer; its watchdog still
+/// fails a call whose reply is overdue (ETIMEDOUT, within a tick or so of
+/// the timeout) and closes the connection, so that the late reply cannot
+/// be taken for another request's.
+#[test]
+fn client_reply_timeout_fails_the_call_and_closes_the_connection() {
+    let f = fixture(|c| c);
+    let dev = f
+        .registry
+        .init(Slow, "slow", GroupId(7))
+        .unwrap()
+        .register()
+        .unwrap();
+    let c = Client::connect_with(
+        f.server.socket_path("slow").unwrap(),
+        ClientConfig::default().timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let mut b = [0u8; 4];
+    c.region_read(BAR0, 0, &mut b).unwrap();
+    assert_eq!(b, [0x5a; 4]);
+    let t = std::time::Instant::now();
+    let e = c.region_read(BAR0, 4, &mut b).unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.errno(), Errno::TIMEDOUT, "{e}");
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_millis(1200), "{took:?}");
+    // The connection is gone: later calls fail at once.
+    assert!(c.region_read(BAR0, 0, &mut b).is_err());
+    drop(c);
+    let _ = dev.unregister();
+}
