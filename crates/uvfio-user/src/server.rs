@@ -39,7 +39,8 @@
 //!   [`RecvBuffer`](crate::transport::RecvBuffer) reads ahead, so a header
 //!   and its body, or several pipelined requests, arrive in one call) and
 //!   one `send`; the client one `send` and one `recvmsg`, waiting inside it
-//!   (`SO_RCVTIMEO`) rather than in a `poll` first. That is the syscall
+//!   with no timer (its reply timeout is a watchdog's, see
+//!   `ClientConfig::timeout`) rather than in a `poll` first. That is the syscall
 //!   count of a raw ping-pong (strace-verified); ours pays `recvmsg`'s
 //!   control-message handling for the fds a message may carry.
 //! - **Allocation.** None per message in steady state, client and server
@@ -51,21 +52,17 @@
 //!   Device DMA into mapped client memory takes no lock at all
 //!   ([`uvfio_core::dma`]: a per-thread lookaside with grace periods).
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU (the layout that shows the software path) takes 1.17–1.19×
-//!   a raw UNIX ping-pong of the same sizes (10.2 vs 8.6 µs); on two CPUs
-//!   the cross-CPU wake-ups of this VM (~40 µs a round trip) hide it
-//!   (0.93–1.04×). Of the ~1.6 µs: `recvmsg` instead of `read` ~0.2–0.5 µs
-//!   (the fds a message may carry); the client's `SO_RCVTIMEO`, which
-//!   arms a kernel timer on every blocking wait, ~0.4 µs (measured: without
-//!   it the ratio is 1.145 for reads, 1.12–1.13 for writes); user space
-//!   the rest (callgrind: 3,585 instructions a round trip, client and
-//!   server, against the ping-pong's 392). The goal of 1.10× is not met
-//!   yet. Measured with a hacked client: waiting without the timer and
-//!   reading with `recv` (no control buffer) gives 1.11–1.14; a real
-//!   version needs a watchdog for the reply timeout (a blocked `recvmsg`
-//!   can only be woken by a signal or a shutdown) and plain reads only
-//!   while no reply that may carry fds (REGION_INFO, GET_REGION_IO_FDS) is
-//!   outstanding. The rest is user space.
+//!   on one CPU (the layout that shows the software path) takes 1.14–1.15×
+//!   a raw UNIX ping-pong of the same sizes (9.9 vs 8.6 µs; 1.18 before
+//!   the client stopped arming a `SO_RCVTIMEO` timer on every wait); on
+//!   two CPUs the cross-CPU wake-ups of this VM (~35–40 µs a round trip)
+//!   hide it (0.92–1.01×). Of the remaining ~1.3 µs: `recvmsg` instead of
+//!   `read` ~0.2–0.5 µs (the fds a message may carry), user space the rest
+//!   (callgrind: 3,585 instructions a round trip, client and server,
+//!   against the ping-pong's 392). The goal of 1.10× is not met yet. A
+//!   client that also reads with `recv` (no control buffer) measured
+//!   1.11–1.14; a real version may do so only while no reply that may
+//!   carry fds (REGION_INFO, GET_REGION_IO_FDS) is outstanding.
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a
 //!   connection 57 KiB; 256 clients on 2 cores get 5× the throughput of
 //!   one here (one client waits on wake-ups; 256 keep both CPUs busy).
