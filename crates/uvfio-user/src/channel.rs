@@ -109,6 +109,11 @@ struct State {
     /// With a watchdog: the deadline (and the timeout it came from) of the
     /// reader blocked in `recvmsg` for a reply.
     watched: Option<(Instant, Duration)>,
+    /// The reader reads without a control buffer ([`Channel::with_plain_reads`]).
+    plain_reader: bool,
+    /// Calls in flight whose reply may carry fds: while there are any, no
+    /// read goes without a control buffer.
+    fd_calls: usize,
 }
 
 /// Requests awaiting replies, by message id. Only ids we handed out are
@@ -152,6 +157,9 @@ pub(crate) struct Channel {
     /// Replies are awaited blocking in `recvmsg` with no timeout, and
     /// [`crate::watchdog`] enforces the deadline ([`Channel::with_watchdog`]).
     watchdog: bool,
+    /// Calls whose reply cannot carry fds may read without a control
+    /// buffer ([`Channel::with_plain_reads`]).
+    plain_reads: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -176,6 +184,8 @@ impl Channel {
                 limits,
                 waiters: 0,
                 watched: None,
+                plain_reader: false,
+                fd_calls: 0,
             }),
             cv: Condvar::new(),
             next_id: AtomicU16::new(0),
@@ -184,6 +194,7 @@ impl Channel {
             max_pending: usize::MAX,
             label: String::new(),
             watchdog: false,
+            plain_reads: false,
         }
     }
 
@@ -273,6 +284,20 @@ impl Channel {
         self
     }
 
+    /// Lets a call whose reply cannot carry fds read with `recv`, without a
+    /// control buffer (cheaper than `recvmsg`), whenever no call whose
+    /// reply may carry fds is in flight. A call of the latter kind first
+    /// waits for any such read to end and then counts itself, so no fd the
+    /// peer sends with a reply we asked for is ever read without a control
+    /// buffer (which would make the kernel close it). Fds attached to
+    /// anything else are dropped when read plainly; the client never
+    /// accepts those anyway.
+    #[must_use]
+    pub(crate) fn with_plain_reads(mut self) -> Channel {
+        self.plain_reads = true;
+        self
+    }
+
     /// Closes the connection if a reader has waited past its deadline
     /// (called by the watchdog).
     pub(crate) fn expire_if_overdue(&self, now: Instant) {
@@ -292,18 +317,23 @@ impl Channel {
     /// Becomes the reader (the caller saw `reader_busy` clear), reads one
     /// message into `msg` without the state lock, and hands the reader role
     /// back, waking whoever waits for it or for a routed reply.
+    /// `plain`: read without a control buffer (the caller checked that
+    /// this is allowed, see [`Channel::with_plain_reads`]).
     fn read_as_leader<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         deadline: Option<Instant>,
+        plain: bool,
         msg: &mut Message,
     ) -> (MutexGuard<'a, State>, Result<(), TransportError>) {
         st.reader_busy = true;
+        st.plain_reader = plain;
         let limits = st.limits;
         drop(st);
-        let r = self.read_one(&limits, deadline, msg);
+        let r = self.read_one(&limits, deadline, plain, msg);
         let mut st = self.lock();
         st.reader_busy = false;
+        st.plain_reader = false;
         self.wake(&st);
         (st, r)
     }
@@ -335,9 +365,11 @@ impl Channel {
         &self,
         limits: &FrameLimits,
         deadline: Option<Instant>,
+        plain: bool,
         msg: &mut Message,
     ) -> Result<(), TransportError> {
         let mut rb = self.rbuf.lock().unwrap_or_else(|e| e.into_inner());
+        rb.set_accept_fds(!plain);
         rb.recv(self.sock.as_fd(), limits, deadline, msg)
     }
 
@@ -384,7 +416,7 @@ impl Channel {
             }
             if !st.reader_busy {
                 let r;
-                (st, r) = self.read_as_leader(st, None, msg);
+                (st, r) = self.read_as_leader(st, None, false, msg);
                 match r {
                     Ok(()) if msg.is_reply() => {
                         let reply = msg.take();
@@ -407,7 +439,55 @@ impl Channel {
     /// at most `timeout` for the reply with that id, which lands in
     /// `reply`. `reply` doubles as the read buffer, so a caller that reuses
     /// it makes round trips without allocating.
+    ///
+    /// `reply_fds`: whether the reply may carry fds (it is read with a
+    /// control buffer; see [`Channel::with_plain_reads`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn call(
+        &self,
+        id: u16,
+        request: &[u8],
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+        incoming: Incoming<'_>,
+        reply: &mut Message,
+        reply_fds: bool,
+    ) -> Result<(), ChannelError> {
+        if !self.plain_reads {
+            return self.call_inner(id, request, fds, timeout, incoming, reply, false);
+        }
+        if !reply_fds {
+            return self.call_inner(id, request, fds, timeout, incoming, reply, true);
+        }
+        self.begin_fd_call(timeout)?;
+        let r = self.call_inner(id, request, fds, timeout, incoming, reply, false);
+        self.lock().fd_calls -= 1;
+        r
+    }
+
+    /// Waits (at most `timeout`) until no plain read is in progress, then
+    /// counts a call whose reply may carry fds.
+    fn begin_fd_call(&self, timeout: Duration) -> Result<(), ChannelError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = &st.closed {
+                return Err(e.clone());
+            }
+            if !st.plain_reader {
+                st.fd_calls += 1;
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ChannelError::Timeout(timeout));
+            }
+            st = self.wait_turn(st, Some(left));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call_inner(
         &self,
         id: u16,
         request: &[u8],
@@ -415,6 +495,7 @@ impl Channel {
         timeout: Duration,
         mut incoming: Incoming<'_>,
         reply: &mut Message,
+        plain_ok: bool,
     ) -> Result<(), ChannelError> {
         {
             let mut st = self.lock();
@@ -467,12 +548,13 @@ impl Channel {
             }
             if !st.reader_busy {
                 let r;
+                let plain = plain_ok && st.fd_calls == 0;
                 if self.watchdog {
                     st.watched = Some((deadline, timeout));
-                    (st, r) = self.read_as_leader(st, None, reply);
+                    (st, r) = self.read_as_leader(st, None, plain, reply);
                     st.watched = None;
                 } else {
-                    (st, r) = self.read_as_leader(st, Some(deadline), reply);
+                    (st, r) = self.read_as_leader(st, Some(deadline), plain, reply);
                 }
                 match r {
                     Ok(()) if reply.is_reply() && reply.msg_id() == id => {
@@ -554,7 +636,7 @@ impl Channel {
             }
             if !st.reader_busy {
                 let r;
-                (st, r) = self.read_as_leader(st, Some(deadline), &mut tmp);
+                (st, r) = self.read_as_leader(st, Some(deadline), false, &mut tmp);
                 match r {
                     Ok(()) if tmp.is_reply() => {
                         let reply = tmp.take();
@@ -573,5 +655,85 @@ impl Channel {
             }
             st = self.wait_turn(st, Some(deadline.saturating_duration_since(now)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::transport::{recv_message, send_message};
+
+    /// A request with `id` (the channel only looks at the id and flags).
+    fn request(id: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::proto::Request::DeviceReset
+            .encode(id, false, &mut out)
+            .unwrap();
+        out
+    }
+
+    fn reply(id: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::proto::encode_error_reply(id, 13, Errno::INVAL, &mut out);
+        out
+    }
+
+    /// A call whose reply may carry fds does not send its request while
+    /// another call reads without a control buffer, so the fd attached to
+    /// its reply is never read plainly (the kernel would close it).
+    #[test]
+    fn an_fd_reply_is_never_read_without_a_control_buffer() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let chan =
+            Arc::new(Channel::new(ours.into(), FrameLimits::default(), 1 << 20).with_plain_reads());
+        let limits = FrameLimits::default();
+        let t = Duration::from_secs(10);
+        // The plain call: its reply will come late.
+        let plain = {
+            let chan = chan.clone();
+            std::thread::spawn(move || {
+                let mut m = Message::default();
+                chan.call(1, &request(1), &[], t, Incoming::Queue, &mut m, false)
+                    .map(|()| m.fds.len())
+            })
+        };
+        let mut m = Message::default();
+        recv_message(peer.as_fd(), &limits, None, &mut m).unwrap();
+        assert_eq!(m.msg_id(), 1);
+        // Wait until the plain call is reading, then start the fd call.
+        while !chan.lock().plain_reader {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let fd_call = {
+            let chan = chan.clone();
+            std::thread::spawn(move || {
+                let mut m = Message::default();
+                chan.call(2, &request(2), &[], t, Incoming::Queue, &mut m, true)
+                    .map(|()| m.fds.len())
+            })
+        };
+        // Its request does not come while the plain read goes on.
+        std::thread::sleep(Duration::from_millis(100));
+        let early = recv_message(
+            peer.as_fd(),
+            &limits,
+            Some(Instant::now() + Duration::from_millis(1)),
+            &mut m,
+        );
+        assert_eq!(early.unwrap_err(), TransportError::Timeout);
+        // Answer the plain call: the fd call then sends, and its reply's
+        // fd arrives.
+        send_message(peer.as_fd(), &reply(1), &[]).unwrap();
+        assert_eq!(plain.join().unwrap(), Ok(0));
+        recv_message(peer.as_fd(), &limits, None, &mut m).unwrap();
+        assert_eq!(m.msg_id(), 2);
+        let (x, _y) = UnixStream::pair().unwrap();
+        send_message(peer.as_fd(), &reply(2), &[x.as_fd()]).unwrap();
+        assert_eq!(fd_call.join().unwrap(), Ok(1));
+        assert_eq!(chan.lock().fd_calls, 0);
     }
 }

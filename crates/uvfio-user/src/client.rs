@@ -386,8 +386,11 @@ impl Client {
         // Replies are awaited inside a plain blocking recvmsg (one syscall
         // per round trip, no poll, no SO_RCVTIMEO timer); the watchdog keeps
         // the deadline.
-        let chan =
-            Arc::new(Channel::new(sock, frame_limits(&limits, &config), 64 << 20).with_watchdog());
+        let chan = Arc::new(
+            Channel::new(sock, frame_limits(&limits, &config), 64 << 20)
+                .with_watchdog()
+                .with_plain_reads(),
+        );
         crate::watchdog::watch(&chan);
         let mut client = Client {
             chan,
@@ -459,6 +462,10 @@ impl Client {
         let limits = self.limits;
         let mut handler =
             move |chan: &Channel, msg: Message| answer_server_command(chan, &table, &limits, &msg);
+        // Only the replies to region accesses are read without a control
+        // buffer: they never carry fds (VERSION and REGION_INFO replies
+        // may), and they are the hot path.
+        let may_carry_fds = !matches!(command, Command::RegionRead | Command::RegionWrite);
         self.chan.call(
             id,
             &bufs.out,
@@ -466,6 +473,7 @@ impl Client {
             self.config.timeout,
             Incoming::Handle(&mut handler),
             &mut bufs.reply,
+            may_carry_fds,
         )?;
         let reply_fds = std::mem::take(&mut bufs.reply.fds);
         let header = proto::Header::decode(&bufs.reply.header, &self.limits)

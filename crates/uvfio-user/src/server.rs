@@ -1259,20 +1259,28 @@ impl MessageDma {
         req.encode(id, false, &mut bytes)
             .map_err(|_| Errno::INVAL)?;
         let mut reply = Message::default();
-        chan.call(id, &bytes, &[], self.timeout, Incoming::Queue, &mut reply)
-            .map_err(|e| {
-                match e {
-                    ChannelError::Timeout(t) => tracing::warn!(
-                        device = %self.device,
-                        limit = "dma_timeout",
-                        timeout = ?t,
-                        "the client did not answer a DMA request in time (ETIMEDOUT)"
-                    ),
-                    // Reported by the channel, or the connection is gone.
-                    ref e => tracing::debug!("DMA request failed: {e}"),
-                }
-                e.errno()
-            })?;
+        chan.call(
+            id,
+            &bytes,
+            &[],
+            self.timeout,
+            Incoming::Queue,
+            &mut reply,
+            false,
+        )
+        .map_err(|e| {
+            match e {
+                ChannelError::Timeout(t) => tracing::warn!(
+                    device = %self.device,
+                    limit = "dma_timeout",
+                    timeout = ?t,
+                    "the client did not answer a DMA request in time (ETIMEDOUT)"
+                ),
+                // Reported by the channel, or the connection is gone.
+                ref e => tracing::debug!("DMA request failed: {e}"),
+            }
+            e.errno()
+        })?;
         let header = proto::Header::decode(&reply.header, &self.limits).map_err(|_| Errno::IO)?;
         let decoded = proto::decode_reply(&header, &reply.body, reply.fds.len(), &self.limits)
             .map_err(|e| {
