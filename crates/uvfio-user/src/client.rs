@@ -458,10 +458,10 @@ impl Client {
         let id = self.chan.next_id();
         req.encode(id, false, &mut bufs.out)
             .map_err(|source| ClientError::Encode { command, source })?;
-        let table = self.dma.clone();
+        let table = &self.dma;
         let limits = self.limits;
         let mut handler =
-            move |chan: &Channel, msg: Message| answer_server_command(chan, &table, &limits, &msg);
+            move |chan: &Channel, msg: Message| answer_server_command(chan, table, &limits, &msg);
         // Only the replies to region accesses are read without a control
         // buffer: they never carry fds (VERSION and REGION_INFO replies
         // may), and they are the hot path.
