@@ -38,11 +38,11 @@
 //! - **Syscalls.** A round trip costs the server one `recvmsg` (the
 //!   [`RecvBuffer`](crate::transport::RecvBuffer) reads ahead, so a header
 //!   and its body, or several pipelined requests, arrive in one call) and
-//!   one `send`; the client one `send` and one `recvmsg`, waiting inside it
-//!   with no timer (its reply timeout is a watchdog's, see
-//!   `ClientConfig::timeout`) rather than in a `poll` first. That is the syscall
-//!   count of a raw ping-pong (strace-verified); ours pays `recvmsg`'s
-//!   control-message handling for the fds a message may carry.
+//!   one `send`; the client one `send` and one `recv` (a `recvmsg` when the
+//!   reply may carry fds), waiting inside it with no timer rather than in a
+//!   `poll` first. That is the syscall count of a raw ping-pong
+//!   (strace-verified); the server pays `recvmsg`'s control-message
+//!   handling for the fds any request may carry.
 //! - **Allocation.** None per message in steady state, client and server
 //!   (`tests/allocations.rs` counts): receive buffers, the reply encoder
 //!   and region data buffers are reused.
@@ -52,17 +52,17 @@
 //!   Device DMA into mapped client memory takes no lock at all
 //!   ([`uvfio_core::dma`]: a per-thread lookaside with grace periods).
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU (the layout that shows the software path) takes 1.14–1.15×
-//!   a raw UNIX ping-pong of the same sizes (9.9 vs 8.6 µs; 1.18 before
-//!   the client stopped arming a `SO_RCVTIMEO` timer on every wait); on
-//!   two CPUs the cross-CPU wake-ups of this VM (~35–40 µs a round trip)
-//!   hide it (0.92–1.01×). Of the remaining ~1.3 µs: `recvmsg` instead of
-//!   `read` ~0.2–0.5 µs (the fds a message may carry), user space the rest
-//!   (callgrind: 3,585 instructions a round trip, client and server,
-//!   against the ping-pong's 392). The goal of 1.10× is not met yet. A
-//!   client that also reads with `recv` (no control buffer) measured
-//!   1.11–1.14; a real version may do so only while no reply that may
-//!   carry fds (REGION_INFO, GET_REGION_IO_FDS) is outstanding.
+//!   on one CPU (the layout that shows the software path) takes 1.11–1.13×
+//!   a raw UNIX ping-pong of the same sizes (9.6 vs 8.6 µs), 4 KiB reads
+//!   1.10–1.11×; on two CPUs the cross-CPU wake-ups of this VM (~35–40 µs
+//!   a round trip) hide it (0.83–1.11×). Two client changes got it there
+//!   from 1.18: the client waits with no `SO_RCVTIMEO` (whose kernel timer,
+//!   armed on every blocking wait, cost ~0.4 µs; a watchdog keeps the reply
+//!   timeout, see `ClientConfig::timeout`), and reads region-access replies
+//!   with `recv`, no control buffer (see the channel's plain reads). What
+//!   is left: the server's `recvmsg` (any request may carry fds) and user
+//!   space (callgrind: ~3,400 instructions a round trip, client and server,
+//!   against the ping-pong's 392). The goal of 1.10× is not met yet.
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a
 //!   connection 57 KiB; 256 clients on 2 cores get 5× the throughput of
 //!   one here (one client waits on wake-ups; 256 keep both CPUs busy).
