@@ -339,14 +339,20 @@ fn registry_listener_sees_register_and_unregister() {
     );
 }
 
-/// `close_device` panics on demand.
+/// Records why `close_device` ran; panics there on demand.
 #[derive(Default)]
-struct PanicsOnClose {
+struct Closer {
     armed: std::sync::atomic::AtomicBool,
-    closes: AtomicU32,
+    reasons: Mutex<Vec<CloseReason>>,
 }
 
-impl DeviceOps for PanicsOnClose {
+impl Closer {
+    fn closes(&self) -> usize {
+        self.reasons.lock().unwrap().len()
+    }
+}
+
+impl DeviceOps for Closer {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
             flags: DeviceFlags::empty(),
@@ -354,8 +360,8 @@ impl DeviceOps for PanicsOnClose {
             num_irqs: 0,
         }
     }
-    fn close_device(&self, _: CloseReason) {
-        self.closes.fetch_add(1, Ordering::SeqCst);
+    fn close_device(&self, reason: CloseReason) {
+        self.reasons.lock().unwrap().push(reason);
         if self.armed.load(Ordering::SeqCst) {
             panic!("close_device exploded");
         }
@@ -366,7 +372,7 @@ impl DeviceOps for PanicsOnClose {
 fn close_reports_a_panicking_close_device_and_releases_anyway() {
     let reg = Registry::default();
     let dev = reg
-        .init(PanicsOnClose::default(), "pc", GroupId(40))
+        .init(Closer::default(), "pc", GroupId(40))
         .unwrap()
         .register()
         .unwrap();
@@ -378,42 +384,25 @@ fn close_reports_a_panicking_close_device_and_releases_anyway() {
     let a = g.get_device("pc").unwrap();
     let b = g.get_device("pc").unwrap();
     assert_eq!(a.close(), Ok(()));
-    assert_eq!(dev.driver().closes.load(Ordering::SeqCst), 1);
+    assert_eq!(dev.driver().closes(), 1);
     // The last one: close_device panics; close says EIO and the device is
     // released all the same.
     assert_eq!(b.close(), Err(Errno::IO));
-    assert_eq!(dev.driver().closes.load(Ordering::SeqCst), 2);
+    assert_eq!(dev.driver().closes(), 2);
     assert_eq!(dev.open_count(), 0);
     dev.driver().armed.store(false, Ordering::SeqCst);
     let again = g.get_device("pc").unwrap();
     drop(again);
     drop(g);
     let d = dev.unregister();
-    assert_eq!(d.closes.load(Ordering::SeqCst), 3);
-}
-
-/// Records the reason of each `close_device`.
-#[derive(Default)]
-struct Reasons(Mutex<Vec<CloseReason>>);
-
-impl DeviceOps for Reasons {
-    fn info(&self) -> DeviceInfo {
-        DeviceInfo {
-            flags: DeviceFlags::empty(),
-            num_regions: 1,
-            num_irqs: 0,
-        }
-    }
-    fn close_device(&self, reason: CloseReason) {
-        self.0.lock().unwrap().push(reason);
-    }
+    assert_eq!(d.closes(), 3);
 }
 
 #[test]
 fn the_last_user_to_close_decides_the_close_reason() {
     let reg = Registry::default();
     let dev = reg
-        .init(Reasons::default(), "r", GroupId(41))
+        .init(Closer::default(), "r", GroupId(41))
         .unwrap()
         .register()
         .unwrap();
@@ -439,7 +428,7 @@ fn the_last_user_to_close_decides_the_close_reason() {
     drop(p);
     drop(k);
     assert_eq!(
-        *dev.driver().0.lock().unwrap(),
+        *dev.driver().reasons.lock().unwrap(),
         [
             CloseReason::Released,
             CloseReason::Disconnected,
