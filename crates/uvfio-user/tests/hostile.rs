@@ -471,47 +471,37 @@ fn fds_of_rejected_messages_are_closed(w: &World) {
         before,
         "the server closed its copy before replying"
     );
+    // MSI-X TRIGGER of `count` vectors from 0 with eventfds.
+    let trigger = |count: u32| {
+        Request::DeviceSetIrqs(proto::SetIrqs {
+            index: MSIX,
+            start: 0,
+            count,
+            action: proto::IrqAction::Trigger,
+            data: proto::IrqData::Eventfd,
+        })
+    };
+    let eventfds = |n: usize| -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| uvfio_core::irq::eventfd().unwrap())
+            .collect()
+    };
     // More fds than SET_IRQS count.
-    let fds: Vec<OwnedFd> = (0..3)
-        .map(|_| uvfio_core::irq::eventfd().unwrap())
-        .collect();
+    let fds = eventfds(3);
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
     let before = open_fds();
-    let req = Request::DeviceSetIrqs(proto::SetIrqs {
-        index: MSIX,
-        start: 0,
-        count: 2,
-        action: proto::IrqAction::Trigger,
-        data: proto::IrqData::Eventfd,
-    });
-    let m = r.request(&req, &borrowed);
+    let m = r.request(&trigger(2), &borrowed);
     expect_errno(&m, Errno::INVAL);
     assert_eq!(open_fds(), before);
     // More fds than we advertised (16): the kernel-level cap.
-    let many: Vec<OwnedFd> = (0..20)
-        .map(|_| uvfio_core::irq::eventfd().unwrap())
-        .collect();
-    let borrowed: Vec<BorrowedFd<'_>> = many.iter().map(AsFd::as_fd).collect();
+    let many = eventfds(20);
+    let many_borrowed: Vec<BorrowedFd<'_>> = many.iter().map(AsFd::as_fd).collect();
     let before = open_fds();
-    let req = Request::DeviceSetIrqs(proto::SetIrqs {
-        index: MSIX,
-        start: 0,
-        count: 20,
-        action: proto::IrqAction::Trigger,
-        data: proto::IrqData::Eventfd,
-    });
-    let m = r.request(&req, &borrowed);
+    let m = r.request(&trigger(20), &many_borrowed);
     expect_errno(&m, Errno::INVAL);
     assert_eq!(open_fds(), before);
     // Eventfds that are accepted are kept (2 more), and released on exit.
-    let req = Request::DeviceSetIrqs(proto::SetIrqs {
-        index: MSIX,
-        start: 0,
-        count: 2,
-        action: proto::IrqAction::Trigger,
-        data: proto::IrqData::Eventfd,
-    });
-    let m = r.request(&req, &borrowed[..2]);
+    let m = r.request(&trigger(2), &many_borrowed[..2]);
     assert_eq!(errno_of(&m), None);
     assert_eq!(open_fds(), before + 2);
     drop(r);
