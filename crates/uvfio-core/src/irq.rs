@@ -74,6 +74,27 @@ pub struct SetIrqs {
     pub data: IrqData,
 }
 
+impl SetIrqs {
+    /// Binds `n` fresh eventfds to vectors `start..start+n` of `index`
+    /// (TRIGGER with EVENTFD data): the request, and the caller's ends of
+    /// the eventfds, to read the interrupts from.
+    pub fn bind_new_eventfds(index: u32, start: u32, n: u32) -> Result<(SetIrqs, Vec<OwnedFd>)> {
+        let mine = (0..n).map(|_| eventfd()).collect::<Result<Vec<_>>>()?;
+        let theirs = mine
+            .iter()
+            .map(|f| rustix::io::fcntl_dupfd_cloexec(f, 0).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        let req = SetIrqs {
+            index,
+            start,
+            count: n,
+            action: IrqAction::Trigger,
+            data: IrqData::Eventfd(theirs),
+        };
+        Ok((req, mine))
+    }
+}
+
 /// Declares one IRQ index of a device for [`IrqLines::new`].
 #[derive(Debug, Clone, Copy)]
 pub struct IrqIndexConfig {
@@ -383,16 +404,8 @@ mod tests {
     }
 
     fn bind(l: &IrqLines, index: u32, start: u32, n: u32) -> Vec<OwnedFd> {
-        let mine: Vec<OwnedFd> = (0..n).map(|_| eventfd().unwrap()).collect();
-        let theirs = mine.iter().map(|f| Some(f.try_clone().unwrap())).collect();
-        l.set_irqs(SetIrqs {
-            index,
-            start,
-            count: n,
-            action: IrqAction::Trigger,
-            data: IrqData::Eventfd(theirs),
-        })
-        .unwrap();
+        let (req, mine) = SetIrqs::bind_new_eventfds(index, start, n).unwrap();
+        l.set_irqs(req).unwrap();
         mine
     }
 

@@ -2,7 +2,6 @@
 
 use std::os::fd::OwnedFd;
 
-use uvfio_core::irq::eventfd;
 use uvfio_core::{
     Container, Errno, GroupId, IrqAction, IrqData, MigState, OpenDevice, Registry, SetIrqs,
 };
@@ -28,17 +27,8 @@ impl User {
     }
 
     pub(crate) fn bind(&self, index: u32, n: u32) -> Vec<OwnedFd> {
-        let mine: Vec<OwnedFd> = (0..n).map(|_| eventfd().unwrap()).collect();
-        let theirs = mine.iter().map(|f| Some(f.try_clone().unwrap())).collect();
-        self.handle
-            .set_irqs(SetIrqs {
-                index,
-                start: 0,
-                count: n,
-                action: IrqAction::Trigger,
-                data: IrqData::Eventfd(theirs),
-            })
-            .unwrap();
+        let (req, mine) = SetIrqs::bind_new_eventfds(index, 0, n).unwrap();
+        self.handle.set_irqs(req).unwrap();
         mine
     }
 
