@@ -264,8 +264,9 @@ fn time_left(started: Option<Instant>, budget: Duration) -> Duration {
 /// one or two are ever pending.
 pub const MAX_FD_CHUNKS: usize = 8;
 
-/// One `recvmsg` into `buf`, appending any fds to `fds`. Inside a message
-/// (`mid`), a read that would block waits at most `stall` for more bytes.
+/// One `recvmsg` into `buf`, appending any fds to `fds` (or, with
+/// `no_fds`, one `recv` with no control buffer). Inside a message (`mid`),
+/// a read that would block waits at most `stall` for more bytes.
 #[allow(clippy::too_many_arguments)]
 fn recv_chunk(
     sock: BorrowedFd<'_>,
@@ -276,7 +277,6 @@ fn recv_chunk(
     max_fds: usize,
     fds: &mut Vec<OwnedFd>,
     too_many: &mut bool,
-    deadline: Option<Instant>,
     no_fds: bool,
 ) -> Result<usize, TransportError> {
     // One extra slot: a message carrying more than `max_fds` shows up as
@@ -324,15 +324,10 @@ fn recv_chunk(
                     });
                 }
             }
-            // A blocking socket with SO_RCVTIMEO set: keep waiting for the
-            // start of a message, until the caller's deadline if it has one.
-            Err(Errno::AGAIN) => match deadline {
-                Some(d) if Instant::now() >= d => return Err(TransportError::Timeout),
-                Some(_) => {}
-                None => {
-                    wait_readable(sock, None)?;
-                }
-            },
+            // A non-blocking socket: wait for the start of a message.
+            Err(Errno::AGAIN) => {
+                wait_readable(sock, None)?;
+            }
             Err(e) => return Err(TransportError::Io(e)),
         }
     }
@@ -393,8 +388,6 @@ pub struct RecvBuffer {
     fds: std::collections::VecDeque<(u64, Option<Vec<OwnedFd>>)>,
     /// When the first byte of the message being assembled arrived.
     msg_started: Option<Instant>,
-    /// The socket has `SO_RCVTIMEO` set (see [`RecvBuffer::set_blocking_wait`]).
-    blocking_wait: bool,
     /// Reads may run past the message being assembled (false only for
     /// [`recv_message`]: each read stops at the frame's end).
     read_ahead: bool,
@@ -433,7 +426,6 @@ impl RecvBuffer {
             consumed: 0,
             fds: std::collections::VecDeque::new(),
             msg_started: None,
-            blocking_wait: false,
             read_ahead,
             no_fds: false,
         }
@@ -459,14 +451,6 @@ impl RecvBuffer {
         }
     }
 
-    /// Waits for the start of a message inside `recvmsg` itself rather
-    /// than `poll` + `recvmsg`: one syscall per round trip instead of two.
-    /// Only for a socket with `SO_RCVTIMEO` set ([`set_recv_timeout`]): each
-    /// time `recvmsg` times out, the caller's deadline is checked.
-    pub fn set_blocking_wait(&mut self, on: bool) {
-        self.blocking_wait = on;
-    }
-
     /// With `false`, reads use `recv` with no control buffer: cheaper than
     /// `recvmsg` (~0.1–0.2 µs a call on the project's VM), but any fds the
     /// peer attaches to what is read are closed by the kernel. Only for a
@@ -483,7 +467,6 @@ impl RecvBuffer {
         sock: BorrowedFd<'_>,
         want: usize,
         limits: &FrameLimits,
-        deadline: Option<Instant>,
     ) -> Result<usize, TransportError> {
         let got = self.buffered();
         // A message has started and we must wait for the rest of it: its
@@ -511,7 +494,6 @@ impl RecvBuffer {
             max_fds,
             &mut fds,
             &mut too_many,
-            deadline.filter(|_| self.blocking_wait),
             self.no_fds,
         )?;
         self.end += n;
@@ -674,7 +656,7 @@ impl RecvBuffer {
         msg.fds.clear();
         msg.fds_rejected = false;
 
-        if self.buffered() == 0 && !self.blocking_wait {
+        if self.buffered() == 0 {
             if let Some(d) = deadline {
                 if !wait_readable(sock, Some(d))? {
                     return Err(TransportError::Timeout);
@@ -683,7 +665,7 @@ impl RecvBuffer {
         }
         while self.buffered() < HEADER_SIZE {
             let got = self.buffered();
-            if self.fill(sock, HEADER_SIZE, limits, deadline)? == 0 {
+            if self.fill(sock, HEADER_SIZE, limits)? == 0 {
                 self.fds.clear();
                 return Err(if got == 0 {
                     TransportError::Closed
@@ -698,7 +680,7 @@ impl RecvBuffer {
         let size = self.check_size(limits, msg)?;
         while self.buffered() < size {
             let got = self.buffered();
-            if self.fill(sock, size, limits, None)? == 0 {
+            if self.fill(sock, size, limits)? == 0 {
                 self.fds.clear();
                 return Err(TransportError::Truncated { got, want: size });
             }
@@ -762,11 +744,6 @@ fn send_error(e: Errno) -> TransportError {
 /// forever.
 pub fn set_send_timeout(sock: impl AsFd, timeout: Option<Duration>) -> Result<(), Errno> {
     rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Send, timeout)
-}
-
-/// Sets `SO_RCVTIMEO`: a blocking `recvmsg` gives up after `timeout`.
-pub fn set_recv_timeout(sock: impl AsFd, timeout: Option<Duration>) -> Result<(), Errno> {
-    rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Recv, timeout)
 }
 
 #[cfg(test)]
