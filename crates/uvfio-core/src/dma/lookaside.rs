@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use super::dirty::DirtyBitmap;
 use super::grace::ReaderSlot;
-use super::table::DmaMapping;
+use super::table::{covers, DmaMapping};
 use super::DmaPerm;
 use crate::errno::Result;
 use crate::mmap::MmapRegion;
@@ -105,9 +105,7 @@ pub(super) fn access(
                         w.space == space
                             && w.generation == current
                             && w.perm.contains(need)
-                            && iova >= w.iova
-                            && iova <= w.last
-                            && (len as u64 - 1) <= w.last - iova
+                            && covers(w.iova, w.last, iova, len)
                     })?;
                     let rel = iova - way.iova;
                     let dirty = if way.logging {

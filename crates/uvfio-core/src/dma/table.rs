@@ -39,7 +39,7 @@ impl DmaMapping {
     /// Whether `iova..iova+len` lies inside this mapping (`len` ≥ 1).
     #[inline]
     pub(super) fn covers(&self, iova: u64, len: usize) -> bool {
-        iova >= self.iova && iova <= self.last() && (len as u64 - 1) <= self.last() - iova
+        covers(self.iova, self.last(), iova, len)
     }
 
     /// The same mapping with another dirty bitmap.
@@ -54,6 +54,13 @@ impl DmaMapping {
             dirty,
         }
     }
+}
+
+/// Whether `iova..iova+len` (`len` ≥ 1) lies inside `first..=last`,
+/// without overflow at the top of the space.
+#[inline]
+pub(super) fn covers(first: u64, last: u64, iova: u64, len: usize) -> bool {
+    iova >= first && iova <= last && (len as u64 - 1) <= last - iova
 }
 
 /// A summary of one mapping.
