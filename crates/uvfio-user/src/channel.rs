@@ -28,9 +28,15 @@
 //! ([`Channel::with_caps`]): past the cap, [`Channel::call`] fails at once
 //! with `EAGAIN` instead of piling up waiters behind a silent peer.
 //!
-//! Writes go through one lock so messages never interleave. The hot path
-//! (a command and its reply on the serving thread) takes two uncontended
-//! mutex round trips and no allocation.
+//! Writes go through one lock so messages never interleave. The read-ahead
+//! buffer lives in the state and whoever takes it out holds the reader
+//! role, so it needs no lock of its own. The hot paths take three
+//! uncontended mutex round trips and allocate nothing: the serving thread
+//! takes the state lock to become the reader and to hand the role back,
+//! and the write lock to reply; an uncontended [`Channel::call`] takes the
+//! state lock to become the reader *before* sending (so nobody else can
+//! read its reply, and it needs no entry in the pending map) and to hand
+//! the role back, and the write lock to send.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -95,25 +101,46 @@ pub(crate) enum Incoming<'a> {
 }
 
 struct State {
-    reader_busy: bool,
+    /// The read-ahead buffer, out (`None`) while a thread holds the reader
+    /// role: taking it *is* taking the role, so the buffer needs no lock
+    /// of its own.
+    rbuf: Option<Box<RecvBuffer>>,
     queue: VecDeque<Message>,
     queued_bytes: usize,
     queued_fds: usize,
-    /// Requests awaiting replies: `None` until the reply arrives.
+    /// Calls in flight (sent or about to be), capped by `max_pending`.
+    calls: usize,
+    /// Requests awaiting replies that another thread may read: `None` until
+    /// the reply arrives. A call that holds the reader role from its send
+    /// to its reply (the uncontended case) never needs an entry.
     pending: IdMap<Option<Message>>,
+    /// The id of the call holding the reader role without a `pending`
+    /// entry, so a duplicate id is still refused.
+    leading_call: Option<u16>,
     closed: Option<ChannelError>,
     limits: FrameLimits,
     /// Threads blocked on the condition variable: a wake-up is a syscall,
     /// so the hot path skips it when nobody waits.
     waiters: usize,
-    /// With a watchdog: the deadline (and the timeout it came from) of the
-    /// reader blocked in `recvmsg` for a reply.
-    watched: Option<(Instant, Duration)>,
+    /// With a watchdog: the reader blocked in `recvmsg` for a reply.
+    watched: Option<Watch>,
     /// The reader reads without a control buffer ([`Channel::with_plain_reads`]).
     plain_reader: bool,
     /// Calls in flight whose reply may carry fds: while there are any, no
     /// read goes without a control buffer.
     fd_calls: usize,
+}
+
+/// What the watchdog knows of a reader awaiting a reply.
+#[derive(Clone, Copy)]
+struct Watch {
+    /// The call's timeout (for the error).
+    timeout: Duration,
+    /// When the read must be done. The uncontended call reads no clock
+    /// (the read is the whole wait): the watchdog sets this `timeout` past
+    /// the first tick that sees the read, so the call fails within
+    /// `timeout` + [`crate::watchdog::TICK`].
+    deadline: Option<Instant>,
 }
 
 /// Requests awaiting replies, by message id. Only ids we handed out are
@@ -143,8 +170,6 @@ impl Hasher for IdHasher {
 /// A connection, see the module docs.
 pub(crate) struct Channel {
     sock: OwnedFd,
-    /// Read-ahead; locked only by the thread that holds the reader role.
-    rbuf: Mutex<RecvBuffer>,
     write_lock: Mutex<()>,
     state: Mutex<State>,
     cv: Condvar,
@@ -172,14 +197,15 @@ impl Channel {
     pub(crate) fn new(sock: OwnedFd, limits: FrameLimits, max_queued_bytes: usize) -> Channel {
         Channel {
             sock,
-            rbuf: Mutex::new(RecvBuffer::new()),
             write_lock: Mutex::new(()),
             state: Mutex::new(State {
-                reader_busy: false,
+                rbuf: Some(Box::new(RecvBuffer::new())),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queued_fds: 0,
+                calls: 0,
                 pending: IdMap::default(),
+                leading_call: None,
                 closed: None,
                 limits,
                 waiters: 0,
@@ -302,8 +328,13 @@ impl Channel {
     /// (called by the watchdog).
     pub(crate) fn expire_if_overdue(&self, now: Instant) {
         let mut st = self.lock();
-        if let Some((deadline, timeout)) = st.watched {
-            if now >= deadline {
+        let Some(w) = &mut st.watched else {
+            return;
+        };
+        match w.deadline {
+            None => w.deadline = Some(now + w.timeout),
+            Some(d) if now >= d => {
+                let timeout = w.timeout;
                 tracing::warn!(
                     peer = %self.label,
                     ?timeout,
@@ -311,28 +342,35 @@ impl Channel {
                 );
                 self.close_locked(&mut st, ChannelError::Timeout(timeout));
             }
+            Some(_) => {}
         }
     }
 
-    /// Becomes the reader (the caller saw `reader_busy` clear), reads one
-    /// message into `msg` without the state lock, and hands the reader role
-    /// back, waking whoever waits for it or for a routed reply.
+    /// Takes the reader role if nobody holds it: the read-ahead buffer,
+    /// which the reader uses without the state lock.
+    fn take_role(&self, st: &mut State, plain: bool) -> Option<Box<RecvBuffer>> {
+        let rb = st.rbuf.take()?;
+        st.plain_reader = plain;
+        Some(rb)
+    }
+
+    /// Reads one message into `msg` as the reader (`rb` is the role, see
+    /// [`Channel::take_role`]), called without the state lock; then hands
+    /// the role back, waking whoever waits for it or for a routed reply.
     /// `plain`: read without a control buffer (the caller checked that
     /// this is allowed, see [`Channel::with_plain_reads`]).
-    fn read_as_leader<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
+    fn read_as_leader(
+        &self,
+        mut rb: Box<RecvBuffer>,
+        limits: &FrameLimits,
         deadline: Option<Instant>,
         plain: bool,
         msg: &mut Message,
-    ) -> (MutexGuard<'a, State>, Result<(), TransportError>) {
-        st.reader_busy = true;
-        st.plain_reader = plain;
-        let limits = st.limits;
-        drop(st);
-        let r = self.read_one(&limits, deadline, plain, msg);
+    ) -> (MutexGuard<'_, State>, Result<(), TransportError>) {
+        rb.set_accept_fds(!plain);
+        let r = rb.recv(self.sock.as_fd(), limits, deadline, msg);
         let mut st = self.lock();
-        st.reader_busy = false;
+        st.rbuf = Some(rb);
         st.plain_reader = false;
         self.wake(&st);
         (st, r)
@@ -360,19 +398,6 @@ impl Channel {
         st
     }
 
-    /// Reads one message as the reader (the caller set `reader_busy`).
-    fn read_one(
-        &self,
-        limits: &FrameLimits,
-        deadline: Option<Instant>,
-        plain: bool,
-        msg: &mut Message,
-    ) -> Result<(), TransportError> {
-        let mut rb = self.rbuf.lock().unwrap_or_else(|e| e.into_inner());
-        rb.set_accept_fds(!plain);
-        rb.recv(self.sock.as_fd(), limits, deadline, msg)
-    }
-
     fn wake(&self, st: &State) {
         if st.waiters > 0 {
             self.cv.notify_all();
@@ -384,9 +409,7 @@ impl Channel {
         match st.pending.get_mut(&id) {
             Some(slot @ None) => {
                 *slot = Some(reply);
-                if st.waiters > 0 {
-                    self.cv.notify_all();
-                }
+                self.wake(st);
             }
             _ => {
                 tracing::warn!(
@@ -414,9 +437,11 @@ impl Channel {
             if let Some(e) = &st.closed {
                 return Err(e.clone());
             }
-            if !st.reader_busy {
+            if let Some(rb) = self.take_role(&mut st, false) {
+                let limits = st.limits;
+                drop(st);
                 let r;
-                (st, r) = self.read_as_leader(st, None, false, msg);
+                (st, r) = self.read_as_leader(rb, &limits, None, false, msg);
                 match r {
                     Ok(()) if msg.is_reply() => {
                         let reply = msg.take();
@@ -486,6 +511,12 @@ impl Channel {
         }
     }
 
+    /// The state lock is taken twice per uncontended call: once to admit
+    /// it and take the reader role (before sending, so nobody else can read
+    /// the reply and the call needs no `pending` entry), once to hand the
+    /// role back with the reply in hand. A call that meets anything else
+    /// first registers in `pending` as it hands the role over, in the same
+    /// critical section, so whoever reads next can route its reply.
     #[allow(clippy::too_many_arguments)]
     fn call_inner(
         &self,
@@ -497,108 +528,71 @@ impl Channel {
         reply: &mut Message,
         plain_ok: bool,
     ) -> Result<(), ChannelError> {
-        {
-            let mut st = self.lock();
-            if let Some(e) = &st.closed {
-                return Err(e.clone());
-            }
-            if st.pending.contains_key(&id) {
-                return Err(ChannelError::IdInUse(id));
-            }
-            if st.pending.len() >= self.max_pending {
-                tracing::warn!(
-                    device = %self.label,
-                    limit = "max_pending_requests",
-                    max = self.max_pending,
-                    "too many requests await the peer's replies; failing this one with EAGAIN"
-                );
-                return Err(ChannelError::TooManyPending(self.max_pending));
-            }
+        // With a watchdog the uncontended call reads no clock (see `Watch`);
+        // a deadline is fixed once the call has to wait for someone else.
+        let mut deadline = (!self.watchdog).then(|| Instant::now() + timeout);
+        let mut st = self.lock();
+        if let Some(e) = &st.closed {
+            return Err(e.clone());
+        }
+        if st.leading_call == Some(id) || st.pending.contains_key(&id) {
+            return Err(ChannelError::IdInUse(id));
+        }
+        if st.calls >= self.max_pending {
+            return Err(self.too_many_pending());
+        }
+        st.calls += 1;
+        let mut plain = plain_ok && st.fd_calls == 0;
+        let mut role = self.take_role(&mut st, plain);
+        if role.is_some() {
+            st.leading_call = Some(id);
+            self.watch(&mut st, deadline, timeout);
+        } else {
             st.pending.insert(id, None);
         }
+        let limits = st.limits;
+        drop(st);
+
         if let Err(e) = self.send(request, fds) {
-            self.lock().pending.remove(&id);
+            let mut st = self.lock();
+            if let Some(rb) = role {
+                st.rbuf = Some(rb);
+                st.plain_reader = false;
+                st.watched = None;
+                st.leading_call = None;
+                self.wake(&st);
+            }
+            self.end_call(&mut st, id);
             return Err(e);
         }
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        // The clock is read again only after a wait: the first pass is
-        // within the deadline by construction.
-        let mut first = true;
+        let mut held: Option<MutexGuard<'_, State>> = None;
         loop {
-            if let Some(Some(_)) = st.pending.get(&id) {
-                if let Some(Some(m)) = st.pending.remove(&id) {
-                    *reply = m;
+            if let Some(rb) = role.take() {
+                // Without a watchdog the read itself is bounded.
+                let read_deadline = if self.watchdog { None } else { deadline };
+                let (mut st, r) = self.read_as_leader(rb, &limits, read_deadline, plain, reply);
+                if let Some(w) = st.watched.take() {
+                    deadline = deadline.or(w.deadline);
+                }
+                let ours = matches!(r, Ok(()) if reply.is_reply() && reply.msg_id() == id);
+                if st.leading_call == Some(id) {
+                    st.leading_call = None;
+                    if !ours {
+                        // Whoever reads next may read our reply.
+                        st.pending.insert(id, None);
+                    }
+                }
+                if ours {
+                    self.end_call(&mut st, id);
                     return Ok(());
                 }
-            }
-            if let Some(e) = &st.closed {
-                let e = e.clone();
-                st.pending.remove(&id);
-                return Err(e);
-            }
-            let now = if std::mem::take(&mut first) {
-                None
-            } else {
-                Some(Instant::now())
-            };
-            if now.is_some_and(|now| now >= deadline) {
-                st.pending.remove(&id);
-                return Err(ChannelError::Timeout(timeout));
-            }
-            if !st.reader_busy {
-                let r;
-                let plain = plain_ok && st.fd_calls == 0;
-                if self.watchdog {
-                    st.watched = Some((deadline, timeout));
-                    (st, r) = self.read_as_leader(st, None, plain, reply);
-                    st.watched = None;
-                } else {
-                    (st, r) = self.read_as_leader(st, Some(deadline), plain, reply);
-                }
                 match r {
-                    Ok(()) if reply.is_reply() && reply.msg_id() == id => {
-                        st.pending.remove(&id);
-                        return Ok(());
-                    }
                     Ok(()) if reply.is_reply() => {
                         let other = reply.take();
                         self.route_reply(&mut st, other);
                     }
                     Ok(()) => match &mut incoming {
-                        Incoming::Queue => {
-                            let len = reply.body.len().saturating_add(transport::HEADER_SIZE);
-                            let total = st.queued_bytes.saturating_add(len);
-                            let fds = st.queued_fds.saturating_add(reply.fds.len());
-                            if total > self.max_queued_bytes {
-                                tracing::warn!(
-                                    device = %self.label,
-                                    limit = "max_queued_bytes",
-                                    max = self.max_queued_bytes,
-                                    "peer flooded commands while a reply was awaited; closing"
-                                );
-                                self.close_locked(
-                                    &mut st,
-                                    ChannelError::QueueFull(self.max_queued_bytes),
-                                );
-                            } else if fds > self.max_queued_fds {
-                                tracing::warn!(
-                                    device = %self.label,
-                                    limit = "max_held_fds",
-                                    max = self.max_queued_fds,
-                                    "peer sent too many fds while a reply was awaited; closing"
-                                );
-                                self.close_locked(
-                                    &mut st,
-                                    ChannelError::QueueFdsFull(self.max_queued_fds),
-                                );
-                            } else {
-                                st.queued_bytes = total;
-                                st.queued_fds = fds;
-                                st.queue.push_back(reply.take());
-                                self.wake(&st);
-                            }
-                        }
+                        Incoming::Queue => self.queue_command(&mut st, reply.take()),
                         Incoming::Handle(f) => {
                             drop(st);
                             f(self, reply.take());
@@ -608,10 +602,93 @@ impl Channel {
                     Err(TransportError::Timeout) => {}
                     Err(e) => self.close_locked(&mut st, ChannelError::Closed(e)),
                 }
+                held = Some(st);
                 continue;
             }
-            let now = now.unwrap_or_else(Instant::now);
-            st = self.wait_turn(st, Some(deadline.saturating_duration_since(now)));
+            let mut st = held.take().unwrap_or_else(|| self.lock());
+            if let Some(Some(_)) = st.pending.get(&id) {
+                if let Some(Some(m)) = st.pending.remove(&id) {
+                    *reply = m;
+                    st.calls -= 1;
+                    return Ok(());
+                }
+            }
+            if let Some(e) = &st.closed {
+                let e = e.clone();
+                self.end_call(&mut st, id);
+                return Err(e);
+            }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
+            if now >= deadline {
+                self.end_call(&mut st, id);
+                return Err(ChannelError::Timeout(timeout));
+            }
+            plain = plain_ok && st.fd_calls == 0;
+            if let Some(rb) = self.take_role(&mut st, plain) {
+                self.watch(&mut st, Some(deadline), timeout);
+                role = Some(rb);
+                continue;
+            }
+            held = Some(self.wait_turn(st, Some(deadline.saturating_duration_since(now))));
+        }
+    }
+
+    /// With a watchdog, tells it about the reader (see `Watch`).
+    fn watch(&self, st: &mut State, deadline: Option<Instant>, timeout: Duration) {
+        if self.watchdog {
+            st.watched = Some(Watch { timeout, deadline });
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn too_many_pending(&self) -> ChannelError {
+        tracing::warn!(
+            device = %self.label,
+            limit = "max_pending_requests",
+            max = self.max_pending,
+            "too many requests await the peer's replies; failing this one with EAGAIN"
+        );
+        ChannelError::TooManyPending(self.max_pending)
+    }
+
+    /// A call is over (replied, failed or given up): it no longer counts,
+    /// and a reply that comes later is dropped.
+    fn end_call(&self, st: &mut State, id: u16) {
+        st.calls -= 1;
+        if !st.pending.is_empty() {
+            st.pending.remove(&id);
+        }
+    }
+
+    /// Queues a command read while waiting for a reply (server), within
+    /// the caps: a peer that floods them loses its connection.
+    fn queue_command(&self, st: &mut State, cmd: Message) {
+        let len = cmd.body.len().saturating_add(transport::HEADER_SIZE);
+        let total = st.queued_bytes.saturating_add(len);
+        let fds = st.queued_fds.saturating_add(cmd.fds.len());
+        if total > self.max_queued_bytes {
+            tracing::warn!(
+                device = %self.label,
+                limit = "max_queued_bytes",
+                max = self.max_queued_bytes,
+                "peer flooded commands while a reply was awaited; closing"
+            );
+            self.close_locked(st, ChannelError::QueueFull(self.max_queued_bytes));
+        } else if fds > self.max_queued_fds {
+            tracing::warn!(
+                device = %self.label,
+                limit = "max_held_fds",
+                max = self.max_queued_fds,
+                "peer sent too many fds while a reply was awaited; closing"
+            );
+            self.close_locked(st, ChannelError::QueueFdsFull(self.max_queued_fds));
+        } else {
+            st.queued_bytes = total;
+            st.queued_fds = fds;
+            st.queue.push_back(cmd);
+            self.wake(st);
         }
     }
 
@@ -634,9 +711,11 @@ impl Channel {
             if now >= deadline {
                 return Ok(n);
             }
-            if !st.reader_busy {
+            if let Some(rb) = self.take_role(&mut st, false) {
+                let limits = st.limits;
+                drop(st);
                 let r;
-                (st, r) = self.read_as_leader(st, Some(deadline), false, &mut tmp);
+                (st, r) = self.read_as_leader(rb, &limits, Some(deadline), false, &mut tmp);
                 match r {
                     Ok(()) if tmp.is_reply() => {
                         let reply = tmp.take();
@@ -735,5 +814,158 @@ mod tests {
         send_message(peer.as_fd(), &reply(2), &[x.as_fd()]).unwrap();
         assert_eq!(fd_call.join().unwrap(), Ok(1));
         assert_eq!(chan.lock().fd_calls, 0);
+    }
+
+    /// Starts `call(id)` on its own thread; returns once it holds the
+    /// reader role (`lead`) or waits in `pending` behind another reader.
+    fn start_call(
+        chan: &Arc<Channel>,
+        id: u16,
+        lead: bool,
+    ) -> std::thread::JoinHandle<Result<u16, ChannelError>> {
+        let c = chan.clone();
+        let t = std::thread::spawn(move || {
+            let mut m = Message::default();
+            c.call(
+                id,
+                &request(id),
+                &[],
+                Duration::from_secs(10),
+                Incoming::Queue,
+                &mut m,
+                false,
+            )
+            .map(|()| m.msg_id())
+        });
+        loop {
+            let st = chan.lock();
+            let there = if lead {
+                st.leading_call == Some(id)
+            } else {
+                st.pending.contains_key(&id)
+            };
+            if there {
+                return t;
+            }
+            drop(st);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn peer_reads_request(peer: &UnixStream, id: u16) {
+        let mut m = Message::default();
+        recv_message(peer.as_fd(), &FrameLimits::default(), None, &mut m).unwrap();
+        assert_eq!(m.msg_id(), id);
+    }
+
+    /// The call that reads first holds no `pending` entry; whichever order
+    /// the replies come in, each reaches its own call (the reader routes
+    /// the other's, or registers itself before handing the role over).
+    #[test]
+    fn replies_in_either_order_reach_their_calls() {
+        for leader_first in [false, true] {
+            let (ours, peer) = UnixStream::pair().unwrap();
+            let chan = Arc::new(Channel::new(ours.into(), FrameLimits::default(), 1 << 20));
+            let a = start_call(&chan, 1, true);
+            peer_reads_request(&peer, 1);
+            let b = start_call(&chan, 2, false);
+            peer_reads_request(&peer, 2);
+            let order: [u16; 2] = if leader_first { [1, 2] } else { [2, 1] };
+            for id in order {
+                send_message(peer.as_fd(), &reply(id), &[]).unwrap();
+            }
+            assert_eq!(a.join().unwrap(), Ok(1));
+            assert_eq!(b.join().unwrap(), Ok(2));
+            let st = chan.lock();
+            assert!(st.pending.is_empty() && st.calls == 0 && st.leading_call.is_none());
+            assert!(st.rbuf.is_some(), "the reader role was handed back");
+        }
+    }
+
+    /// A command read by a call before its reply is queued for the serving
+    /// thread, and the call still gets its reply.
+    #[test]
+    fn a_command_met_on_the_way_is_queued() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let chan = Arc::new(Channel::new(ours.into(), FrameLimits::default(), 1 << 20));
+        let a = start_call(&chan, 7, true);
+        peer_reads_request(&peer, 7);
+        send_message(peer.as_fd(), &request(40), &[]).unwrap();
+        send_message(peer.as_fd(), &reply(7), &[]).unwrap();
+        assert_eq!(a.join().unwrap(), Ok(7));
+        let mut m = Message::default();
+        chan.next_command(&mut m).unwrap();
+        assert_eq!((m.msg_id(), m.is_reply()), (40, false));
+    }
+
+    /// The reading call counts: its id is refused while it waits, and it
+    /// takes a slot of the pending cap.
+    #[test]
+    fn the_leading_call_holds_its_id_and_a_pending_slot() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let chan =
+            Arc::new(Channel::new(ours.into(), FrameLimits::default(), 1 << 20).with_caps(16, 2));
+        let a = start_call(&chan, 3, true);
+        peer_reads_request(&peer, 3);
+        let mut m = Message::default();
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            chan.call(3, &request(3), &[], t, Incoming::Queue, &mut m, false),
+            Err(ChannelError::IdInUse(3))
+        );
+        let b = start_call(&chan, 4, false);
+        peer_reads_request(&peer, 4);
+        assert_eq!(
+            chan.call(5, &request(5), &[], t, Incoming::Queue, &mut m, false),
+            Err(ChannelError::TooManyPending(2))
+        );
+        send_message(peer.as_fd(), &reply(4), &[]).unwrap();
+        send_message(peer.as_fd(), &reply(3), &[]).unwrap();
+        assert_eq!(a.join().unwrap(), Ok(3));
+        assert_eq!(b.join().unwrap(), Ok(4));
+    }
+
+    /// A reading call that meets a command hands the role over while it
+    /// handles it; the reply to it that the next reader reads is routed to
+    /// it, not dropped (it registered before handing over).
+    #[test]
+    fn a_reply_read_by_the_next_reader_reaches_the_first_call() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let chan = Arc::new(Channel::new(ours.into(), FrameLimits::default(), 1 << 20));
+        let c = chan.clone();
+        let a = std::thread::spawn(move || {
+            let mut m = Message::default();
+            // Handling the command: wait until someone else has read and
+            // routed our reply.
+            let mut handle = |ch: &Channel, _cmd: Message| {
+                let until = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < until && !matches!(ch.lock().pending.get(&1), Some(Some(_)))
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            };
+            let t = Duration::from_secs(10);
+            c.call(
+                1,
+                &request(1),
+                &[],
+                t,
+                Incoming::Handle(&mut handle),
+                &mut m,
+                false,
+            )
+            .map(|()| m.msg_id())
+        });
+        while chan.lock().leading_call != Some(1) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        peer_reads_request(&peer, 1);
+        let b = start_call(&chan, 2, false);
+        peer_reads_request(&peer, 2);
+        send_message(peer.as_fd(), &request(40), &[]).unwrap();
+        send_message(peer.as_fd(), &reply(1), &[]).unwrap();
+        send_message(peer.as_fd(), &reply(2), &[]).unwrap();
+        assert_eq!(b.join().unwrap(), Ok(2));
+        assert_eq!(a.join().unwrap(), Ok(1));
     }
 }
