@@ -267,6 +267,12 @@ pub const MAX_FD_CHUNKS: usize = 8;
 /// One `recvmsg` into `buf`, appending any fds to `fds` (or, with
 /// `no_fds`, one `recv` with no control buffer). Inside a message (`mid`),
 /// a read that would block waits at most `stall` for more bytes.
+///
+/// This and [`RecvBuffer::recv`] are the per-message path: everything
+/// that is not "read, got bytes" (fds, errors, waits) is in
+/// `#[cold]` functions out of line, since on this path every
+/// instruction-cache line costs more than the instructions on it (after a
+/// context switch most of them miss).
 #[allow(clippy::too_many_arguments)]
 fn recv_chunk(
     sock: BorrowedFd<'_>,
@@ -279,57 +285,87 @@ fn recv_chunk(
     too_many: &mut bool,
     no_fds: bool,
 ) -> Result<usize, TransportError> {
-    // One extra slot: a message carrying more than `max_fds` shows up as
-    // `max_fds + 1` fds (or MSG_CTRUNC) instead of silently fitting.
-    let space_len = rustix::cmsg_space!(ScmRights(max_fds + 1)).min(CMSG_SPACE_MAX);
-    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE_MAX];
+    let wait = if mid {
+        RecvFlags::DONTWAIT
+    } else {
+        RecvFlags::empty()
+    };
     loop {
-        let wait = if mid {
-            RecvFlags::DONTWAIT
-        } else {
-            RecvFlags::empty()
-        };
         let got = if no_fds {
             rustix::net::recv(sock, &mut *buf, wait).map(|(n, _)| n)
         } else {
+            // One extra slot: a message carrying more than `max_fds` shows
+            // up as `max_fds + 1` fds (or MSG_CTRUNC) instead of silently
+            // fitting.
+            let space_len = rustix::cmsg_space!(ScmRights(max_fds + 1)).min(CMSG_SPACE_MAX);
+            let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE_MAX];
             let mut cmsg = RecvAncillaryBuffer::new(&mut space[..space_len]);
             let mut iov = [IoSliceMut::new(&mut *buf)];
             rustix::net::recvmsg(sock, &mut iov, &mut cmsg, wait | RecvFlags::CMSG_CLOEXEC).map(
                 |r| {
-                    for m in cmsg.drain() {
-                        if let RecvAncillaryMessage::ScmRights(it) = m {
-                            fds.extend(it);
-                        }
-                    }
-                    if r.flags.contains(ReturnFlags::CTRUNC) {
-                        *too_many = true;
-                    }
-                    if fds.len() > max_fds {
-                        *too_many = true;
-                        fds.clear();
-                    }
+                    collect_fds(cmsg, r.flags, max_fds, fds, too_many);
                     r.bytes
                 },
             )
         };
         match got {
             Ok(n) => return Ok(n),
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) if mid => {
-                let deadline = Instant::now() + stall;
-                if !wait_readable(sock, Some(deadline))? {
-                    return Err(TransportError::Stalled {
-                        got: progress.0,
-                        want: progress.1,
-                    });
-                }
-            }
-            // A non-blocking socket: wait for the start of a message.
-            Err(Errno::AGAIN) => {
-                wait_readable(sock, None)?;
-            }
-            Err(e) => return Err(TransportError::Io(e)),
+            Err(e) => recv_failed(sock, e, mid, stall, progress)?,
         }
+    }
+}
+
+/// Moves the fds a `recvmsg` brought into `fds` (closing them all if there
+/// are too many or the kernel truncated them).
+#[inline(never)]
+fn collect_fds(
+    mut cmsg: RecvAncillaryBuffer<'_>,
+    flags: ReturnFlags,
+    max_fds: usize,
+    fds: &mut Vec<OwnedFd>,
+    too_many: &mut bool,
+) {
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    if flags.contains(ReturnFlags::CTRUNC) {
+        *too_many = true;
+    }
+    if fds.len() > max_fds {
+        *too_many = true;
+        fds.clear();
+    }
+}
+
+/// A read failed with `e`: `Ok(())` to retry it (interrupted, or the
+/// socket became readable after a wait), else the error to return.
+#[cold]
+#[inline(never)]
+fn recv_failed(
+    sock: BorrowedFd<'_>,
+    e: Errno,
+    mid: bool,
+    stall: Duration,
+    progress: (usize, usize),
+) -> Result<(), TransportError> {
+    match e {
+        Errno::INTR => Ok(()),
+        Errno::AGAIN if mid => {
+            let deadline = Instant::now() + stall;
+            if wait_readable(sock, Some(deadline))? {
+                Ok(())
+            } else {
+                Err(TransportError::Stalled {
+                    got: progress.0,
+                    want: progress.1,
+                })
+            }
+        }
+        // A non-blocking socket: wait for the start of a message.
+        Errno::AGAIN => wait_readable(sock, None).map(drop),
+        e => Err(TransportError::Io(e)),
     }
 }
 
@@ -497,12 +533,16 @@ impl RecvBuffer {
             self.no_fds,
         )?;
         self.end += n;
-        self.commit_fds(fds, too_many, max_fds)?;
+        if !fds.is_empty() || too_many {
+            self.commit_fds(fds, too_many, max_fds)?;
+        }
         Ok(n)
     }
 
     /// Files the fds of the read that just ended at `self.end`, within the
     /// caps (see the module docs). `rejected`: the read lost fds already.
+    #[cold]
+    #[inline(never)]
     fn commit_fds(
         &mut self,
         fds: Vec<OwnedFd>,
@@ -663,30 +703,36 @@ impl RecvBuffer {
                 }
             }
         }
-        while self.buffered() < HEADER_SIZE {
+        // Read until the header, then the whole frame, is buffered.
+        let size = loop {
             let got = self.buffered();
-            if self.fill(sock, HEADER_SIZE, limits)? == 0 {
-                self.fds.clear();
-                return Err(if got == 0 {
-                    TransportError::Closed
-                } else {
-                    TransportError::Truncated {
-                        got,
-                        want: HEADER_SIZE,
-                    }
-                });
+            let want = if got < HEADER_SIZE {
+                HEADER_SIZE
+            } else {
+                let size = self.check_size(limits, msg)?;
+                if got >= size {
+                    break size;
+                }
+                size
+            };
+            if self.fill(sock, want, limits)? == 0 {
+                return Err(self.eof(got, want));
             }
-        }
-        let size = self.check_size(limits, msg)?;
-        while self.buffered() < size {
-            let got = self.buffered();
-            if self.fill(sock, size, limits)? == 0 {
-                self.fds.clear();
-                return Err(TransportError::Truncated { got, want: size });
-            }
-        }
+        };
         self.take(size, limits, msg);
         Ok(())
+    }
+
+    /// The peer closed the stream with `got` of the `want` bytes in hand.
+    #[cold]
+    #[inline(never)]
+    fn eof(&mut self, got: usize, want: usize) -> TransportError {
+        self.fds.clear();
+        if got == 0 {
+            TransportError::Closed
+        } else {
+            TransportError::Truncated { got, want }
+        }
     }
 }
 
