@@ -41,28 +41,33 @@
 //!   one `send`; the client one `send` and one `recv` (a `recvmsg` when the
 //!   reply may carry fds), waiting inside it with no timer rather than in a
 //!   `poll` first. That is the syscall count of a raw ping-pong
-//!   (strace-verified); the server pays `recvmsg`'s control-message
-//!   handling for the fds any request may carry.
+//!   (strace-verified).
 //! - **Allocation.** None per message in steady state, client and server
 //!   (`tests/allocations.rs` counts): receive buffers, the reply encoder
 //!   and region data buffers are reused.
 //! - **Locks.** The request path takes the connection's own channel locks
-//!   (uncontended unless that device is doing DMA through messages) and
-//!   whatever the driver takes; nothing shared with other connections.
-//!   Device DMA into mapped client memory takes no lock at all
-//!   ([`uvfio_core::dma`]: a per-thread lookaside with grace periods).
+//!   (three uncontended mutex round trips a side; uncontended unless that
+//!   device is doing DMA through messages) and whatever the driver takes;
+//!   nothing shared with other connections. Device DMA into mapped client
+//!   memory takes no lock at all ([`uvfio_core::dma`]: a per-thread
+//!   lookaside with grace periods).
+//! - **Code.** The per-message receive path keeps everything but "bytes
+//!   arrived" (fds, errors, waits, EOF) in cold functions out of line, and
+//!   the release build is one LTO unit: ~2,600 user instructions a round
+//!   trip, client and server (callgrind; 3,400 before, the ping-pong 392).
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU (the layout that shows the software path) takes 1.11–1.13×
-//!   a raw UNIX ping-pong of the same sizes (9.6 vs 8.6 µs), 4 KiB reads
-//!   1.10–1.11×; on two CPUs the cross-CPU wake-ups of this VM (~35–40 µs
-//!   a round trip) hide it (0.83–1.11×). Two client changes got it there
-//!   from 1.18: the client waits with no `SO_RCVTIMEO` (whose kernel timer,
-//!   armed on every blocking wait, cost ~0.4 µs; a watchdog keeps the reply
-//!   timeout, see `ClientConfig::timeout`), and reads region-access replies
-//!   with `recv`, no control buffer (see the channel's plain reads). What
-//!   is left: the server's `recvmsg` (any request may carry fds) and user
-//!   space (callgrind: ~3,400 instructions a round trip, client and server,
-//!   against the ping-pong's 392). The goal of 1.10× is not met yet.
+//!   on one CPU takes 1.06–1.10× a raw UNIX ping-pong of the same sizes
+//!   (9.4 vs 8.6 µs), writes 1.07–1.10×, 4 KiB reads 1.07–1.09× (goal
+//!   1.10×, met); on two CPUs the cross-CPU wake-ups of this VM (~35–50 µs
+//!   a round trip) hide it (0.91–1.00×). What is left is mostly kernel
+//!   scheduling: a read frees the skb the peer sent and wakes the peer's
+//!   socket for write space; a peer blocked in `recv` wakes, may preempt,
+//!   finds nothing and sleeps again (ftrace: 2.5–3.1 context switches a
+//!   round trip). How often shifts with timing, so a bare echo thread is
+//!   0.5–0.9 µs slower with `recvmsg`, which this server needs for fds,
+//!   than with `recv`. Waiting in `poll(POLLIN)` avoids those wake-ups
+//!   but adds a syscall: 3 % better on one CPU, 30–60 % worse on two, so
+//!   it is not done.
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a
 //!   connection 57 KiB; 256 clients on 2 cores get 5× the throughput of
 //!   one here (one client waits on wake-ups; 256 keep both CPUs busy).
