@@ -149,6 +149,16 @@ pub struct BenchArgs {
     /// Clients connected for the scale run.
     #[arg(long, default_value_t = 256)]
     pub clients: u32,
+    /// Seconds each scale measurement runs.
+    #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
+    pub scale_seconds: f64,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds in (0, 3600]")),
+    }
 }
 
 /// `uvfio migrate`.

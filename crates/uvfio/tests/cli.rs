@@ -217,3 +217,73 @@ fn serve_reads_devices_and_folder_from_a_config_file() {
     assert!(child.wait().unwrap().success());
     assert!(!sdir.join("ser2.sock").exists());
 }
+
+/// `bench --json` runs every part of the suite (tiny sizes) and reports
+/// each row with finite, positive figures; what the figures are is not
+/// asserted (tests do not judge timing).
+#[test]
+fn bench_json_reports_every_row() {
+    let o = run(&[
+        "bench",
+        "--json",
+        "--iterations",
+        "100",
+        "--devices",
+        "3",
+        "--clients",
+        "3",
+        "--scale-seconds",
+        "0.1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).expect("JSON rows");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    let mut want = vec![
+        "message path (same core): 4 B region read",
+        "message path (same core): 4 B region write",
+        "message path (same core): 4 KiB region read",
+        "dma read 4 KiB",
+        "dma write 1 MiB",
+        "mmap'd BAR read 4 B",
+        "register+unregister",
+        "unregister latency",
+        "scale: 3 clients vs 1",
+        "scale: resident memory per idle device",
+        "scale: resident memory per connection",
+    ];
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        want.push("message path (two cores): 4 B region read");
+        want.push("scale: 3 clients on 2 CPUs vs on 1 CPU");
+    }
+    for w in want {
+        assert!(
+            names.iter().any(|n| n.starts_with(w)),
+            "no row {w:?} in {names:?}"
+        );
+    }
+    for r in &rows {
+        // Resident memory of three devices can round to zero pages.
+        for field in ["ours", "ratio"] {
+            let v = r[field].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v >= 0.0, "{field} of {r}");
+        }
+        let base = r["baseline"].as_f64().unwrap_or(f64::NAN);
+        assert!(base.is_finite() && base > 0.0, "baseline of {r}");
+        if names_time(r) {
+            assert!(r["ours"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        }
+        assert!(r["met"].is_boolean() || r["met"].is_null(), "{r}");
+    }
+    // The scale duration is checked like every other argument.
+    assert_eq!(
+        run(&["bench", "--scale-seconds", "0"]).status.code(),
+        Some(2)
+    );
+}
+
+/// A row that times something (its figure cannot be zero).
+fn names_time(row: &serde_json::Value) -> bool {
+    row["unit"]
+        .as_str()
+        .is_some_and(|u| u == "ns/op" || u == "ops/s")
+}

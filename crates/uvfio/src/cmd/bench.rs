@@ -12,7 +12,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.socket.is_none() {
         rows.extend(bench::run_core(&opts)?);
         if args.devices > 0 {
-            rows.extend(bench::run_scale(args.devices, args.clients, 2.0)?);
+            rows.extend(bench::run_scale(
+                args.devices,
+                args.clients,
+                args.scale_seconds,
+            )?);
         }
     }
     if args.json {
