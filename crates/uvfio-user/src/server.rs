@@ -56,18 +56,19 @@
 //!   the release build is one LTO unit: ~2,600 user instructions a round
 //!   trip, client and server (callgrind; 3,400 before, the ping-pong 392).
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU takes 1.06–1.10× a raw UNIX ping-pong of the same sizes
-//!   (9.4 vs 8.6 µs), writes 1.07–1.10×, 4 KiB reads 1.07–1.09× (goal
-//!   1.10×, met); on two CPUs the cross-CPU wake-ups of this VM (~35–50 µs
-//!   a round trip) hide it (0.91–1.00×). What is left is mostly kernel
-//!   scheduling: a read frees the skb the peer sent and wakes the peer's
-//!   socket for write space; a peer blocked in `recv` wakes, may preempt,
-//!   finds nothing and sleeps again (ftrace: 2.5–3.1 context switches a
-//!   round trip). How often shifts with timing, so a bare echo thread is
-//!   0.5–0.9 µs slower with `recvmsg`, which this server needs for fds,
-//!   than with `recv`. Waiting in `poll(POLLIN)` avoids those wake-ups
-//!   but adds a syscall: 3 % better on one CPU, 30–60 % worse on two, so
-//!   it is not done.
+//!   on one CPU takes 1.18–1.21× a raw `send`/`recv` UNIX ping-pong of the
+//!   same sizes (goal 1.10×, missed), 1.12–1.13× a ping-pong whose echo
+//!   end uses `recvmsg` with a control buffer as this server must (the
+//!   floor for a server that accepts fds), and 1.06–1.10× a `read`/`write`
+//!   ping-pong (the baseline of earlier runs); on two CPUs the cross-CPU
+//!   wake-ups of this VM (~35–50 µs a round trip) hide it (0.91–1.01×).
+//!   Much of what is left is kernel scheduling: a read frees the skb the
+//!   peer sent and wakes the peer's socket for write space; a peer blocked
+//!   in `recv` wakes, may preempt, finds nothing and sleeps again (ftrace:
+//!   2.5–3.1 context switches a round trip), and how often shifts with
+//!   timing. Waiting in `poll(POLLIN)` avoids those wake-ups but adds a
+//!   syscall: 3 % better on one CPU, 30–60 % worse on two, so it is not
+//!   done. README § Performance has the table and the rest.
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a
 //!   connection 57 KiB; 256 clients on 2 cores get 5× the throughput of
 //!   one here (one client waits on wake-ups; 256 keep both CPUs busy).

@@ -3,18 +3,22 @@
 //! Every figure is a ratio against a baseline measured in the same run on
 //! the same machine (raw socket ping-pong, `memcpy`, plain memory), so the
 //! table holds on a noisy shared host. Each measurement is the median of
-//! several repetitions. The message path is measured in two pinned
-//! layouts, the same for ours and the ping-pong: client and server threads
-//! on one CPU (the software path: two context switches a round trip, no
-//! cross-CPU wake-up; repeats to about ±1 %), and on two CPUs (adds two
+//! several repetitions, ours and its baselines in alternating batches. The
+//! message path is measured in two pinned layouts, the same for ours and
+//! the ping-pongs: client and server threads on one CPU (no cross-CPU
+//! wake-up, so closest to the software path) and on two CPUs (adds two
 //! cross-CPU wake-ups, which on a VM cost an IPI through the hypervisor
-//! each and can dwarf everything else).
+//! each and can dwarf everything else). Its goal is judged against the
+//! fastest plain ping-pong (`send`/`recv`); a `read`/`write` ping-pong
+//! (the baseline of earlier runs, ~10 % slower here) and one whose echo
+//! end uses `recvmsg` with a control buffer (the floor of any server that
+//! accepts fds with any request) are reported beside it.
 
 mod core_paths;
 mod socket_paths;
 mod timing;
 
-pub use timing::{median_ns, median_pair, Measurement};
+pub use timing::{median_group, median_ns, median_pair, Measurement};
 
 use serde::Serialize;
 

@@ -59,13 +59,23 @@ pub fn median_pair(
     mut a: impl FnMut(u32),
     mut b: impl FnMut(u32),
 ) -> (Measurement, Measurement) {
-    a(iters.div_ceil(10).max(1));
-    b(iters.div_ceil(10).max(1));
-    let mut va = Vec::with_capacity(reps);
-    let mut vb = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        va.push(batch(iters, &mut a));
-        vb.push(batch(iters, &mut b));
+    let mut m = median_group(reps, iters, &mut [&mut a, &mut b]);
+    let b = m.pop().expect("two measurements");
+    let a = m.pop().expect("two measurements");
+    (a, b)
+}
+
+/// [`median_pair`] for any number of workloads, each rep running one
+/// batch of every workload in turn; the measurements in the same order.
+pub fn median_group(reps: usize, iters: u32, work: &mut [&mut dyn FnMut(u32)]) -> Vec<Measurement> {
+    for f in work.iter_mut() {
+        f(iters.div_ceil(10).max(1));
     }
-    (measurement(&va), measurement(&vb))
+    let mut samples = vec![Vec::with_capacity(reps); work.len()];
+    for _ in 0..reps.max(1) {
+        for (f, v) in work.iter_mut().zip(samples.iter_mut()) {
+            v.push(batch(iters, f));
+        }
+    }
+    samples.iter().map(|v| measurement(v)).collect()
 }
