@@ -56,19 +56,21 @@
 //!   the release build is one LTO unit: ~2,600 user instructions a round
 //!   trip, client and server (callgrind; 3,400 before, the ping-pong 392).
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU takes 1.18–1.21× a raw `send`/`recv` UNIX ping-pong of the
+//!   on one CPU takes 1.14–1.24× a raw `send`/`recv` UNIX ping-pong of the
 //!   same sizes (goal 1.10×, missed), 1.12–1.13× a ping-pong whose echo
 //!   end uses `recvmsg` with a control buffer as this server must (the
 //!   floor for a server that accepts fds), and 1.06–1.10× a `read`/`write`
 //!   ping-pong (the baseline of earlier runs); on two CPUs the cross-CPU
 //!   wake-ups of this VM (~35–50 µs a round trip) hide it (0.91–1.01×).
-//!   Much of what is left is kernel scheduling: a read frees the skb the
-//!   peer sent and wakes the peer's socket for write space; a peer blocked
-//!   in `recv` wakes, may preempt, finds nothing and sleeps again (ftrace:
-//!   2.5–3.1 context switches a round trip), and how often shifts with
-//!   timing. Waiting in `poll(POLLIN)` avoids those wake-ups but adds a
-//!   syscall: 3 % better on one CPU, 30–60 % worse on two, so it is not
-//!   done. README § Performance has the table and the rest.
+//!   On one CPU the figure depends by up to ~8 % on where code lands (the
+//!   same transport code compiled into another binary echoed at 1.01×
+//!   the floor instead of 1.09×) and on kernel scheduling: a read frees
+//!   the skb the peer sent and wakes the peer's socket for write space; a
+//!   peer blocked in `recv` wakes, may preempt, finds nothing and sleeps
+//!   again (ftrace: 2.5–3.1 context switches a round trip). Waiting in
+//!   `poll(POLLIN)` avoids those wake-ups but adds a syscall: 3 % better
+//!   on one CPU, 30–60 % worse on two, so it is not done. README
+//!   § Performance has the table and the rest.
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a
 //!   connection 57 KiB; 256 clients on 2 cores get 5× the throughput of
 //!   one here (one client waits on wake-ups; 256 keep both CPUs busy).
