@@ -92,6 +92,21 @@ impl ChannelError {
     }
 }
 
+/// A request for [`Channel::call`] to send.
+pub(crate) struct Outgoing<'a> {
+    /// Its `msg_id`, which the reply will carry.
+    pub(crate) id: u16,
+    /// The whole message.
+    pub(crate) bytes: &'a [u8],
+    /// Fds to attach to it.
+    pub(crate) fds: &'a [BorrowedFd<'a>],
+    /// How long to wait for the reply.
+    pub(crate) timeout: Duration,
+    /// Whether the reply may carry fds (it is then read with a control
+    /// buffer; see [`Channel::with_plain_reads`]).
+    pub(crate) reply_fds: bool,
+}
+
 /// What [`Channel::call`] does with a command it reads while waiting.
 pub(crate) enum Incoming<'a> {
     /// Queue it for [`Channel::next_command`] (server).
@@ -460,32 +475,23 @@ impl Channel {
         }
     }
 
-    /// Sends `request` (a whole message whose `msg_id` is `id`) and waits
-    /// at most `timeout` for the reply with that id, which lands in
-    /// `reply`. `reply` doubles as the read buffer, so a caller that reuses
-    /// it makes round trips without allocating.
-    ///
-    /// `reply_fds`: whether the reply may carry fds (it is read with a
-    /// control buffer; see [`Channel::with_plain_reads`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Sends `req` and waits at most `req.timeout` for the reply with its
+    /// id, which lands in `reply`. `reply` doubles as the read buffer, so a
+    /// caller that reuses it makes round trips without allocating.
     pub(crate) fn call(
         &self,
-        id: u16,
-        request: &[u8],
-        fds: &[BorrowedFd<'_>],
-        timeout: Duration,
+        req: &Outgoing<'_>,
         incoming: Incoming<'_>,
         reply: &mut Message,
-        reply_fds: bool,
     ) -> Result<(), ChannelError> {
         if !self.plain_reads {
-            return self.call_inner(id, request, fds, timeout, incoming, reply, false);
+            return self.call_inner(req, incoming, reply, false);
         }
-        if !reply_fds {
-            return self.call_inner(id, request, fds, timeout, incoming, reply, true);
+        if !req.reply_fds {
+            return self.call_inner(req, incoming, reply, true);
         }
-        self.begin_fd_call(timeout)?;
-        let r = self.call_inner(id, request, fds, timeout, incoming, reply, false);
+        self.begin_fd_call(req.timeout)?;
+        let r = self.call_inner(req, incoming, reply, false);
         self.lock().fd_calls -= 1;
         r
     }
@@ -517,17 +523,14 @@ impl Channel {
     /// role back with the reply in hand. A call that meets anything else
     /// first registers in `pending` as it hands the role over, in the same
     /// critical section, so whoever reads next can route its reply.
-    #[allow(clippy::too_many_arguments)]
     fn call_inner(
         &self,
-        id: u16,
-        request: &[u8],
-        fds: &[BorrowedFd<'_>],
-        timeout: Duration,
+        req: &Outgoing<'_>,
         mut incoming: Incoming<'_>,
         reply: &mut Message,
         plain_ok: bool,
     ) -> Result<(), ChannelError> {
+        let (id, timeout) = (req.id, req.timeout);
         // With a watchdog the uncontended call reads no clock (see `Watch`);
         // a deadline is fixed once the call has to wait for someone else.
         let mut deadline = (!self.watchdog).then(|| Instant::now() + timeout);
@@ -553,7 +556,7 @@ impl Channel {
         let limits = st.limits;
         drop(st);
 
-        if let Err(e) = self.send(request, fds) {
+        if let Err(e) = self.send(req.bytes, req.fds) {
             let mut st = self.lock();
             if let Some(rb) = role {
                 st.rbuf = Some(rb);
@@ -755,6 +758,17 @@ mod tests {
         out
     }
 
+    /// `bytes` as request `id`, with no fds.
+    fn outgoing(id: u16, bytes: &[u8], timeout: Duration, reply_fds: bool) -> Outgoing<'_> {
+        Outgoing {
+            id,
+            bytes,
+            fds: &[],
+            timeout,
+            reply_fds,
+        }
+    }
+
     fn reply(id: u16) -> Vec<u8> {
         let mut out = Vec::new();
         crate::proto::encode_error_reply(id, 13, Errno::INVAL, &mut out);
@@ -776,7 +790,7 @@ mod tests {
             let chan = chan.clone();
             std::thread::spawn(move || {
                 let mut m = Message::default();
-                chan.call(1, &request(1), &[], t, Incoming::Queue, &mut m, false)
+                chan.call(&outgoing(1, &request(1), t, false), Incoming::Queue, &mut m)
                     .map(|()| m.fds.len())
             })
         };
@@ -791,7 +805,7 @@ mod tests {
             let chan = chan.clone();
             std::thread::spawn(move || {
                 let mut m = Message::default();
-                chan.call(2, &request(2), &[], t, Incoming::Queue, &mut m, true)
+                chan.call(&outgoing(2, &request(2), t, true), Incoming::Queue, &mut m)
                     .map(|()| m.fds.len())
             })
         };
@@ -826,14 +840,11 @@ mod tests {
         let c = chan.clone();
         let t = std::thread::spawn(move || {
             let mut m = Message::default();
+            let t = Duration::from_secs(10);
             c.call(
-                id,
-                &request(id),
-                &[],
-                Duration::from_secs(10),
+                &outgoing(id, &request(id), t, false),
                 Incoming::Queue,
                 &mut m,
-                false,
             )
             .map(|()| m.msg_id())
         });
@@ -910,13 +921,13 @@ mod tests {
         let mut m = Message::default();
         let t = Duration::from_secs(1);
         assert_eq!(
-            chan.call(3, &request(3), &[], t, Incoming::Queue, &mut m, false),
+            chan.call(&outgoing(3, &request(3), t, false), Incoming::Queue, &mut m),
             Err(ChannelError::IdInUse(3))
         );
         let b = start_call(&chan, 4, false);
         peer_reads_request(&peer, 4);
         assert_eq!(
-            chan.call(5, &request(5), &[], t, Incoming::Queue, &mut m, false),
+            chan.call(&outgoing(5, &request(5), t, false), Incoming::Queue, &mut m),
             Err(ChannelError::TooManyPending(2))
         );
         send_message(peer.as_fd(), &reply(4), &[]).unwrap();
@@ -946,13 +957,9 @@ mod tests {
             };
             let t = Duration::from_secs(10);
             c.call(
-                1,
-                &request(1),
-                &[],
-                t,
+                &outgoing(1, &request(1), t, false),
                 Incoming::Handle(&mut handle),
                 &mut m,
-                false,
             )
             .map(|()| m.msg_id())
         });

@@ -26,7 +26,7 @@ use rustix::io::Errno;
 use uvfio_core::{DmaBacking, DmaPerm, MmapRegion, Protection, SharedMemory};
 
 pub use crate::channel::ChannelError;
-use crate::channel::{Channel, Incoming};
+use crate::channel::{Channel, Incoming, Outgoing};
 use crate::proto::{
     self, Capabilities, Command, DecodeLimits, EncodeError, InvalidMessage, MigrationCaps,
     Negotiated, ProtoError, Reply, Request, Version,
@@ -466,15 +466,15 @@ impl Client {
         // buffer: they never carry fds (VERSION and REGION_INFO replies
         // may), and they are the hot path.
         let may_carry_fds = !matches!(command, Command::RegionRead | Command::RegionWrite);
-        self.chan.call(
+        let out = Outgoing {
             id,
-            &bufs.out,
+            bytes: &bufs.out,
             fds,
-            self.config.timeout,
-            Incoming::Handle(&mut handler),
-            &mut bufs.reply,
-            may_carry_fds,
-        )?;
+            timeout: self.config.timeout,
+            reply_fds: may_carry_fds,
+        };
+        self.chan
+            .call(&out, Incoming::Handle(&mut handler), &mut bufs.reply)?;
         let reply_fds = std::mem::take(&mut bufs.reply.fds);
         let header = proto::Header::decode(&bufs.reply.header, &self.limits)
             .map_err(|source| ClientError::BadReply { command, source })?;

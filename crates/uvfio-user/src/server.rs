@@ -208,7 +208,7 @@ use uvfio_core::{
     Registry, RegistryEvent, RequestHook,
 };
 
-use crate::channel::{Channel, ChannelError, Incoming};
+use crate::channel::{Channel, ChannelError, Incoming, Outgoing};
 use crate::proto::{self, DecodeLimits, Negotiated};
 use crate::session::{Attachment, MessageDmaFactory, Session, SessionConfig, SessionState, Step};
 use crate::transport::{FrameLimits, Message, TransportError};
@@ -1267,16 +1267,14 @@ impl MessageDma {
         req.encode(id, false, &mut bytes)
             .map_err(|_| Errno::INVAL)?;
         let mut reply = Message::default();
-        chan.call(
+        let out = Outgoing {
             id,
-            &bytes,
-            &[],
-            self.timeout,
-            Incoming::Queue,
-            &mut reply,
-            false,
-        )
-        .map_err(|e| {
+            bytes: &bytes,
+            fds: &[],
+            timeout: self.timeout,
+            reply_fds: false,
+        };
+        chan.call(&out, Incoming::Queue, &mut reply).map_err(|e| {
             match e {
                 ChannelError::Timeout(t) => tracing::warn!(
                     device = %self.device,
