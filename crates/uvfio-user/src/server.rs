@@ -56,12 +56,13 @@
 //!   the release build is one LTO unit: ~2,600 user instructions a round
 //!   trip, client and server (callgrind; 3,400 before, the ping-pong 392).
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU takes 1.14–1.24× a raw `send`/`recv` UNIX ping-pong of the
-//!   same sizes (goal 1.10×, missed), 1.12–1.13× a ping-pong whose echo
+//!   on one CPU takes 1.20–1.30× a raw `send`/`recv` UNIX ping-pong of the
+//!   same sizes (goal 1.10×, missed), 1.10–1.24× a ping-pong whose echo
 //!   end uses `recvmsg` with a control buffer as this server must (the
-//!   floor for a server that accepts fds), and 1.06–1.10× a `read`/`write`
-//!   ping-pong (the baseline of earlier runs); on two CPUs the cross-CPU
-//!   wake-ups of this VM (~35–50 µs a round trip) hide it (0.91–1.01×).
+//!   floor for a server that accepts fds), and 1.07–1.09× a `read`/`write`
+//!   ping-pong (the baseline of earlier runs), over six shuffled link
+//!   layouts; on two CPUs the cross-CPU wake-ups of this VM (~35–50 µs a
+//!   round trip) hide it (0.86–1.03×).
 //!   On one CPU the figure depends by up to ~8 % on where code lands (the
 //!   same transport code compiled into another binary echoed at 1.01×
 //!   the floor instead of 1.09×) and on kernel scheduling: a read frees
