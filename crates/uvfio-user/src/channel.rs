@@ -385,10 +385,15 @@ impl Channel {
         rb.set_accept_fds(!plain);
         let r = rb.recv(self.sock.as_fd(), limits, deadline, msg);
         let mut st = self.lock();
+        self.give_back_role(&mut st, rb);
+        (st, r)
+    }
+
+    /// Hands the reader role (`rb`) back, waking whoever waits for it.
+    fn give_back_role(&self, st: &mut State, rb: Box<RecvBuffer>) {
         st.rbuf = Some(rb);
         st.plain_reader = false;
-        self.wake(&st);
-        (st, r)
+        self.wake(st);
     }
 
     /// Waits (at most `left`) for the reader to hand over or route
@@ -559,11 +564,9 @@ impl Channel {
         if let Err(e) = self.send(req.bytes, req.fds) {
             let mut st = self.lock();
             if let Some(rb) = role {
-                st.rbuf = Some(rb);
-                st.plain_reader = false;
                 st.watched = None;
                 st.leading_call = None;
-                self.wake(&st);
+                self.give_back_role(&mut st, rb);
             }
             self.end_call(&mut st, id);
             return Err(e);

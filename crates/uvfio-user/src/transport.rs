@@ -269,10 +269,10 @@ pub const MAX_FD_CHUNKS: usize = 8;
 /// a read that would block waits at most `stall` for more bytes.
 ///
 /// This and [`RecvBuffer::recv`] are the per-message path: everything
-/// that is not "read, got bytes" (fds, errors, waits) is in
-/// `#[cold]` functions out of line, since on this path every
-/// instruction-cache line costs more than the instructions on it (after a
-/// context switch most of them miss).
+/// that is not "read, got bytes" (fds, errors, waits) is in functions out
+/// of line, to keep that path short. (How much that buys is hard to say on
+/// the project's VM, where the one-CPU message path moves by several %
+/// with code placement alone: README § Performance.)
 #[allow(clippy::too_many_arguments)]
 fn recv_chunk(
     sock: BorrowedFd<'_>,

@@ -4,11 +4,13 @@
 //! with `SO_RCVTIMEO` makes the kernel arm and cancel a timer on every
 //! blocking call, ~0.4 µs of a ~9 µs round trip on the project's VM
 //! (`uvfio bench`, message path on one CPU). Instead, channels that opt in
-//! ([`Channel::with_watchdog`]) block with no timeout and publish their
-//! reader's deadline; one thread per process checks those deadlines every
-//! [`TICK`] and closes the connection of a reader that is overdue, which
-//! wakes it with the call failing as a timeout. Deadlines are thus kept to
-//! within a tick, which is plenty for timeouts of seconds.
+//! ([`Channel::with_watchdog`]) block with no timeout and publish that
+//! their reader waits, with its timeout; one thread per process checks
+//! them every [`TICK`], fixes a read's deadline at the first tick that sees
+//! it (so the waiting call reads no clock), and closes the connection of a
+//! reader that is overdue, which wakes it with the call failing as a
+//! timeout. A reply is thus awaited for its timeout plus at most a tick,
+//! which is plenty for timeouts of seconds.
 //!
 //! The thread starts with the first watched channel and exits once there
 //! has been none for a second.
