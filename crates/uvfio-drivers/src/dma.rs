@@ -345,9 +345,7 @@ impl FunctionMigration for DmaEngine {
     fn save_state(&self, out: &mut Vec<u8>) -> Result<()> {
         let r = *self.lock();
         let mut w = StateWriter::new();
-        w.u32(DMA_MIG_MAGIC)
-            .u16(DMA_MIG_MAJOR)
-            .u16(DMA_MIG_MINOR)
+        w.header(&DMA_MIG_MAGIC.to_le_bytes(), DMA_MIG_MAJOR, DMA_MIG_MINOR)
             .u64(r.src)
             .u64(r.dst)
             .u32(r.len)
@@ -361,10 +359,7 @@ impl FunctionMigration for DmaEngine {
 
     fn load_state(&self, data: &[u8]) -> Result<()> {
         let mut rd = StateReader::new(data);
-        if rd.u32()? != DMA_MIG_MAGIC || rd.u16()? != DMA_MIG_MAJOR {
-            return Err(Errno::INVAL);
-        }
-        let _minor = rd.u16()?;
+        let _minor = rd.header(&DMA_MIG_MAGIC.to_le_bytes(), DMA_MIG_MAJOR)?;
         let r = Regs {
             src: rd.u64()?,
             dst: rd.u64()?,

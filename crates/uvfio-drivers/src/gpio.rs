@@ -234,25 +234,24 @@ impl FunctionMigration for Gpio {
     fn save_state(&self, out: &mut Vec<u8>) -> Result<()> {
         let p = *self.lock();
         let mut w = StateWriter::new();
-        w.u32(GPIO_MIG_MAGIC)
-            .u16(GPIO_MIG_MAJOR)
-            .u16(GPIO_MIG_MINOR)
-            .u16(p.input)
-            .u16(p.output)
-            .u16(p.irq_enable)
-            .u16(p.irq_status)
-            .bool(p.loopback)
-            .bytes(&[0; 3]);
+        w.header(
+            &GPIO_MIG_MAGIC.to_le_bytes(),
+            GPIO_MIG_MAJOR,
+            GPIO_MIG_MINOR,
+        )
+        .u16(p.input)
+        .u16(p.output)
+        .u16(p.irq_enable)
+        .u16(p.irq_status)
+        .bool(p.loopback)
+        .bytes(&[0; 3]);
         out.extend_from_slice(&w.into_vec());
         Ok(())
     }
 
     fn load_state(&self, data: &[u8]) -> Result<()> {
         let mut r = StateReader::new(data);
-        if r.u32()? != GPIO_MIG_MAGIC || r.u16()? != GPIO_MIG_MAJOR {
-            return Err(Errno::INVAL);
-        }
-        let _minor = r.u16()?;
+        let _minor = r.header(&GPIO_MIG_MAGIC.to_le_bytes(), GPIO_MIG_MAJOR)?;
         let p = Pins {
             input: r.u16()?,
             output: r.u16()?,

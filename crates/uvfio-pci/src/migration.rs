@@ -181,6 +181,13 @@ impl StateWriter {
         self
     }
 
+    /// Appends a format header: `magic` (its bytes as they are, e.g. a
+    /// constant's `to_le_bytes()`), then the major and minor version.
+    /// [`StateReader::header`] checks it.
+    pub fn header(&mut self, magic: &[u8], major: u16, minor: u16) -> &mut Self {
+        self.bytes(magic).u16(major).u16(minor)
+    }
+
     /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.buf.len()
@@ -240,6 +247,16 @@ impl<'a> StateReader<'a> {
         }
     }
 
+    /// Checks a header written by [`StateWriter::header`] and returns its
+    /// minor version: EINVAL unless it starts with `magic` and has this
+    /// `major` (minor versions are compatible by definition).
+    pub fn header(&mut self, magic: &[u8], major: u16) -> Result<u16> {
+        if self.bytes(magic.len())? != magic || self.u16()? != major {
+            return Err(Errno::INVAL);
+        }
+        self.u16()
+    }
+
     /// A little-endian u16.
     pub fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_le_bytes(self.array()?))
@@ -280,10 +297,12 @@ pub struct Section<'a> {
 }
 
 fn put_header(w: &mut StateWriter) {
-    w.u64(PCI_MIG_MAGIC)
-        .u16(PCI_MIG_VERSION_MAJOR)
-        .u16(PCI_MIG_VERSION_MINOR)
-        .u32(0);
+    w.header(
+        &PCI_MIG_MAGIC.to_le_bytes(),
+        PCI_MIG_VERSION_MAJOR,
+        PCI_MIG_VERSION_MINOR,
+    )
+    .u32(0);
 }
 
 fn put_section(w: &mut StateWriter, id: u32, payload: &[u8]) -> Result<()> {
@@ -298,11 +317,8 @@ fn put_section(w: &mut StateWriter, id: u32, payload: &[u8]) -> Result<()> {
 /// bytes after it.
 pub fn parse_stream(data: &[u8]) -> Result<Vec<Section<'_>>> {
     let mut r = StateReader::new(data);
-    if r.u64()? != PCI_MIG_MAGIC {
-        return Err(Errno::INVAL);
-    }
-    let (major, _minor) = (r.u16()?, r.u16()?);
-    if major != PCI_MIG_VERSION_MAJOR || r.u32()? != 0 {
+    r.header(&PCI_MIG_MAGIC.to_le_bytes(), PCI_MIG_VERSION_MAJOR)?;
+    if r.u32()? != 0 {
         return Err(Errno::INVAL);
     }
     let mut sections = Vec::new();

@@ -254,11 +254,13 @@ impl PciFunction for Mtty {
 impl FunctionMigration for Mtty {
     fn save_state(&self, out: &mut Vec<u8>) -> Result<()> {
         let mut w = StateWriter::new();
-        w.u64(MTTY_MIG_MAGIC)
-            .u16(MTTY_MIG_MAJOR)
-            .u16(MTTY_MIG_MINOR)
-            .u32(self.ports.len() as u32)
-            .u32(0);
+        w.header(
+            &MTTY_MIG_MAGIC.to_le_bytes(),
+            MTTY_MIG_MAJOR,
+            MTTY_MIG_MINOR,
+        )
+        .u32(self.ports.len() as u32)
+        .u32(0);
         // Lock every port first: one consistent snapshot.
         let ports: Vec<_> = (0..self.ports.len())
             .filter_map(|i| self.uart(i as u8))
@@ -272,10 +274,7 @@ impl FunctionMigration for Mtty {
 
     fn load_state(&self, data: &[u8]) -> Result<()> {
         let mut r = StateReader::new(data);
-        if r.u64()? != MTTY_MIG_MAGIC || r.u16()? != MTTY_MIG_MAJOR {
-            return Err(Errno::INVAL);
-        }
-        let _minor = r.u16()?;
+        let _minor = r.header(&MTTY_MIG_MAGIC.to_le_bytes(), MTTY_MIG_MAJOR)?;
         let nr_ports = r.u32()?;
         if nr_ports as usize != self.ports.len() || r.u32()? != 0 {
             tracing::warn!(nr_ports, "mtty: migration state does not fit this device");

@@ -605,3 +605,29 @@ fn oversized_resume_write_is_efbig_and_reopen_starts_running() {
     drop((h, g));
     dev.unregister();
 }
+
+#[test]
+fn state_header_checks_magic_and_major_and_accepts_any_minor() {
+    let mut w = StateWriter::new();
+    w.header(b"MAGC", 2, 7).u8(0xaa);
+    let bytes = w.into_vec();
+    assert_eq!(bytes, [b'M', b'A', b'G', b'C', 2, 0, 7, 0, 0xaa]);
+
+    let mut r = StateReader::new(&bytes);
+    assert_eq!(r.header(b"MAGC", 2), Ok(7), "the minor comes back");
+    assert_eq!(r.u8(), Ok(0xaa), "the reader stands after the header");
+
+    assert_eq!(
+        StateReader::new(&bytes).header(b"MAGD", 2),
+        Err(Errno::INVAL)
+    );
+    assert_eq!(
+        StateReader::new(&bytes).header(b"MAGC", 1),
+        Err(Errno::INVAL)
+    );
+    assert_eq!(
+        StateReader::new(&bytes[..5]).header(b"MAGC", 2),
+        Err(Errno::INVAL),
+        "truncated"
+    );
+}
