@@ -264,78 +264,90 @@ fn time_left(started: Option<Instant>, budget: Duration) -> Duration {
 /// one or two are ever pending.
 pub const MAX_FD_CHUNKS: usize = 8;
 
-/// One `recvmsg` into `buf`, appending any fds to `fds` (or, with
-/// `no_fds`, one `recv` with no control buffer). Inside a message (`mid`),
-/// a read that would block waits at most `stall` for more bytes.
+/// A read inside a message: how far it got, and how long the rest may
+/// still take.
+#[derive(Debug, Clone, Copy)]
+struct MidMessage {
+    /// Bytes of the message in hand.
+    got: usize,
+    /// Bytes it needs.
+    want: usize,
+    /// Time left before it counts as stalled.
+    left: Duration,
+}
+
+/// Where a read's fds go.
+struct FdSink<'a> {
+    /// Most fds one message may carry.
+    max: usize,
+    /// Received fds, appended in order.
+    fds: &'a mut Vec<OwnedFd>,
+    /// Set when fds were dropped: more than `max`, or `MSG_CTRUNC`.
+    rejected: &'a mut bool,
+}
+
+/// One `recvmsg` into `buf`, appending any fds to the sink (or, with no
+/// sink, one `recv` with no control buffer). Between messages (`mid` is
+/// `None`) it blocks; inside one, a read that would block waits at most
+/// `mid.left` for more bytes.
 ///
 /// This and [`RecvBuffer::recv`] are the per-message path: everything
 /// that is not "read, got bytes" (fds, errors, waits) is in functions out
 /// of line, to keep that path short. (How much that buys is hard to say on
 /// the project's VM, where the one-CPU message path moves by several %
 /// with code placement alone: README § Performance.)
-#[allow(clippy::too_many_arguments)]
 fn recv_chunk(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-    mid: bool,
-    stall: Duration,
-    progress: (usize, usize),
-    max_fds: usize,
-    fds: &mut Vec<OwnedFd>,
-    too_many: &mut bool,
-    no_fds: bool,
+    mid: Option<MidMessage>,
+    mut sink: Option<FdSink<'_>>,
 ) -> Result<usize, TransportError> {
-    let wait = if mid {
+    let wait = if mid.is_some() {
         RecvFlags::DONTWAIT
     } else {
         RecvFlags::empty()
     };
     loop {
-        let got = if no_fds {
-            rustix::net::recv(sock, &mut *buf, wait).map(|(n, _)| n)
-        } else {
-            // One extra slot: a message carrying more than `max_fds` shows
-            // up as `max_fds + 1` fds (or MSG_CTRUNC) instead of silently
-            // fitting.
-            let space_len = rustix::cmsg_space!(ScmRights(max_fds + 1)).min(CMSG_SPACE_MAX);
-            let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE_MAX];
-            let mut cmsg = RecvAncillaryBuffer::new(&mut space[..space_len]);
-            let mut iov = [IoSliceMut::new(&mut *buf)];
-            rustix::net::recvmsg(sock, &mut iov, &mut cmsg, wait | RecvFlags::CMSG_CLOEXEC).map(
-                |r| {
-                    collect_fds(cmsg, r.flags, max_fds, fds, too_many);
-                    r.bytes
-                },
-            )
+        let got = match sink.as_mut() {
+            None => rustix::net::recv(sock, &mut *buf, wait).map(|(n, _)| n),
+            Some(sink) => {
+                // One extra slot: a message carrying more than `max` fds
+                // shows up as `max + 1` fds (or MSG_CTRUNC) instead of
+                // silently fitting.
+                let space_len = rustix::cmsg_space!(ScmRights(sink.max + 1)).min(CMSG_SPACE_MAX);
+                let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE_MAX];
+                let mut cmsg = RecvAncillaryBuffer::new(&mut space[..space_len]);
+                let mut iov = [IoSliceMut::new(&mut *buf)];
+                rustix::net::recvmsg(sock, &mut iov, &mut cmsg, wait | RecvFlags::CMSG_CLOEXEC).map(
+                    |r| {
+                        collect_fds(cmsg, r.flags, sink);
+                        r.bytes
+                    },
+                )
+            }
         };
         match got {
             Ok(n) => return Ok(n),
-            Err(e) => recv_failed(sock, e, mid, stall, progress)?,
+            Err(e) => recv_failed(sock, e, mid)?,
         }
     }
 }
 
-/// Moves the fds a `recvmsg` brought into `fds` (closing them all if there
-/// are too many or the kernel truncated them).
+/// Moves the fds a `recvmsg` brought into the sink (closing them all if
+/// there are too many or the kernel truncated them).
 #[inline(never)]
-fn collect_fds(
-    mut cmsg: RecvAncillaryBuffer<'_>,
-    flags: ReturnFlags,
-    max_fds: usize,
-    fds: &mut Vec<OwnedFd>,
-    too_many: &mut bool,
-) {
+fn collect_fds(mut cmsg: RecvAncillaryBuffer<'_>, flags: ReturnFlags, sink: &mut FdSink<'_>) {
     for m in cmsg.drain() {
         if let RecvAncillaryMessage::ScmRights(it) = m {
-            fds.extend(it);
+            sink.fds.extend(it);
         }
     }
     if flags.contains(ReturnFlags::CTRUNC) {
-        *too_many = true;
+        *sink.rejected = true;
     }
-    if fds.len() > max_fds {
-        *too_many = true;
-        fds.clear();
+    if sink.fds.len() > sink.max {
+        *sink.rejected = true;
+        sink.fds.clear();
     }
 }
 
@@ -346,26 +358,23 @@ fn collect_fds(
 fn recv_failed(
     sock: BorrowedFd<'_>,
     e: Errno,
-    mid: bool,
-    stall: Duration,
-    progress: (usize, usize),
+    mid: Option<MidMessage>,
 ) -> Result<(), TransportError> {
-    match e {
-        Errno::INTR => Ok(()),
-        Errno::AGAIN if mid => {
-            let deadline = Instant::now() + stall;
-            if wait_readable(sock, Some(deadline))? {
+    match (e, mid) {
+        (Errno::INTR, _) => Ok(()),
+        (Errno::AGAIN, Some(mid)) => {
+            if wait_readable(sock, Some(Instant::now() + mid.left))? {
                 Ok(())
             } else {
                 Err(TransportError::Stalled {
-                    got: progress.0,
-                    want: progress.1,
+                    got: mid.got,
+                    want: mid.want,
                 })
             }
         }
         // A non-blocking socket: wait for the start of a message.
-        Errno::AGAIN => wait_readable(sock, None).map(drop),
-        e => Err(TransportError::Io(e)),
+        (Errno::AGAIN, None) => wait_readable(sock, None).map(drop),
+        (e, _) => Err(TransportError::Io(e)),
     }
 }
 
@@ -521,17 +530,17 @@ impl RecvBuffer {
         } else {
             self.start + want
         };
-        let n = recv_chunk(
-            sock,
-            &mut self.buf[end..stop],
-            got > 0,
-            time_left(self.msg_started, limits.frame_timeout),
-            (got, want),
-            max_fds,
-            &mut fds,
-            &mut too_many,
-            self.no_fds,
-        )?;
+        let mid = (got > 0).then(|| MidMessage {
+            got,
+            want,
+            left: time_left(self.msg_started, limits.frame_timeout),
+        });
+        let sink = (!self.no_fds).then_some(FdSink {
+            max: max_fds,
+            fds: &mut fds,
+            rejected: &mut too_many,
+        });
+        let n = recv_chunk(sock, &mut self.buf[end..stop], mid, sink)?;
         self.end += n;
         if !fds.is_empty() || too_many {
             self.commit_fds(fds, too_many, max_fds)?;
