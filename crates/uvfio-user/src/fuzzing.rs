@@ -12,7 +12,7 @@
 //! through the server's real receive buffer ([`RecvBuffer`], the same
 //! framing and fd-attribution code as on a socket, fed with
 //! [`RecvBuffer::push`]) into a real [`Session`] over a real registry,
-//! group, container and device (the `device` module); only the socket and the
+//! group, container and device ([`device`]); only the socket and the
 //! client's DMA replies are simulated.
 //!
 //! Besides "no panic, no SIGBUS, no hang", every step checks:
@@ -25,7 +25,7 @@
 //!   no eventfd, it unregisters, and (with [`Options::check_fds`]) the
 //!   process holds exactly the fds it held before.
 
-mod device;
+pub mod device;
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -41,7 +41,7 @@ use crate::session::{
 };
 use crate::transport::{FrameLimits, Message, RecvBuffer};
 
-use device::FuzzDevice;
+use device::{Layout, SampleDevice};
 
 /// Harness options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -201,7 +201,7 @@ struct Harness<'a> {
     input: Input<'a>,
     /// Kept for the connection's lifetime, like the server's.
     _registry: Registry,
-    device: Option<RegisteredDevice<FuzzDevice>>,
+    device: Option<RegisteredDevice<SampleDevice>>,
     session: Option<Session>,
     config: SessionConfig,
     rb: RecvBuffer,
@@ -239,7 +239,7 @@ impl<'a> Harness<'a> {
         let flags = input.u8();
         let config = config_for(flags >> 1);
         let registry = Registry::default();
-        let dev = FuzzDevice::new().ok()?;
+        let dev = SampleDevice::new(Layout::FUZZ).ok()?;
         let device = registry
             .init(dev, "fuzz0", GroupId(1))
             .ok()?

@@ -22,7 +22,7 @@ fn registry() -> Registry {
 }
 
 fn register(reg: &Registry, name: &str, group: u32) -> RegisteredDevice<TestDevice> {
-    reg.init(TestDevice::new(), name, GroupId(group))
+    reg.init(test_device(), name, GroupId(group))
         .unwrap()
         .register()
         .unwrap()

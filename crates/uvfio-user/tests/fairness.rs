@@ -79,7 +79,7 @@ fn flood_unread_requests(path: PathBuf, stop: Arc<AtomicBool>, sent: Arc<AtomicU
 }
 
 fn register(reg: &Registry, name: &str, group: u32) -> RegisteredDevice<TestDevice> {
-    reg.init(TestDevice::new(), name, GroupId(group))
+    reg.init(test_device(), name, GroupId(group))
         .unwrap()
         .register()
         .unwrap()

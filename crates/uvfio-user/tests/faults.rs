@@ -109,7 +109,7 @@ fn world(name: &str, dev: Faulty) -> World {
         .unwrap();
     let by = format!("{name}-by");
     let by_dev = registry
-        .init(TestDevice::new(), &by, GroupId(2))
+        .init(test_device(), &by, GroupId(2))
         .unwrap()
         .register()
         .unwrap();

@@ -180,7 +180,7 @@ fn hostile_clients_get_the_specified_outcome_and_leak_nothing() {
     .unwrap();
     let reg = |name: &str, g: u32| {
         registry
-            .init(TestDevice::new(), name, GroupId(g))
+            .init(test_device(), name, GroupId(g))
             .unwrap()
             .register()
             .unwrap()

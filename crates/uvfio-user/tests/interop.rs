@@ -6,20 +6,17 @@
 
 mod common;
 
-use std::fs::File;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::Ordering;
 
 use common::*;
 use uvfio_core::{DmaPerm, SharedMemory};
+use uvfio_testkit::RustVmmServer;
 use uvfio_user::proto;
 use uvfio_user::Client;
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_REGION_INFO_FLAG_MMAP,
 };
 
 // ---------------------------------------------------------------- (a)
@@ -103,164 +100,22 @@ fn rust_vmm_client_drives_a_uvfio_device() {
 
 // ---------------------------------------------------------------- (b)
 
-/// What their server's backend saw.
-#[derive(Default)]
-struct Seen {
-    dma_maps: Vec<(u64, u64, u64, bool)>,
-    dma_unmaps: Vec<(u64, u64)>,
-    set_irqs: Vec<(u32, u32, u32, u32, Vec<File>)>,
-    resets: u32,
-}
-
-struct Backend {
-    regions: Vec<Vec<u8>>,
-    seen: Arc<Mutex<Seen>>,
-}
-
-impl vfio_user::ServerBackend for Backend {
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), io::Error> {
-        let r = self
-            .regions
-            .get(region as usize)
-            .ok_or(io::ErrorKind::InvalidInput)?;
-        let off = offset as usize;
-        let src = r
-            .get(off..off + data.len())
-            .ok_or(io::ErrorKind::InvalidInput)?;
-        data.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        let r = self
-            .regions
-            .get_mut(region as usize)
-            .ok_or(io::ErrorKind::InvalidInput)?;
-        let off = offset as usize;
-        let dst = r
-            .get_mut(off..off + data.len())
-            .ok_or(io::ErrorKind::InvalidInput)?;
-        dst.copy_from_slice(data);
-        Ok(())
-    }
-
-    fn dma_map(
-        &mut self,
-        _flags: vfio_user::DmaMapFlags,
-        offset: u64,
-        address: u64,
-        size: u64,
-        fd: Option<File>,
-    ) -> Result<(), io::Error> {
-        self.seen
-            .lock()
-            .unwrap()
-            .dma_maps
-            .push((offset, address, size, fd.is_some()));
-        Ok(())
-    }
-
-    fn dma_unmap(
-        &mut self,
-        _flags: vfio_user::DmaUnmapFlags,
-        address: u64,
-        size: u64,
-    ) -> Result<(), io::Error> {
-        self.seen.lock().unwrap().dma_unmaps.push((address, size));
-        Ok(())
-    }
-
-    fn reset(&mut self) -> Result<(), io::Error> {
-        self.seen.lock().unwrap().resets += 1;
-        Ok(())
-    }
-
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> Result<(), io::Error> {
-        self.seen
-            .lock()
-            .unwrap()
-            .set_irqs
-            .push((index, flags, start, count, fds));
-        Ok(())
-    }
-}
-
-fn region(index: u32, size: u64, flags: u32) -> vfio_user::ServerRegion {
-    vfio_user::ServerRegion {
-        region_info: vfio_region_info {
-            argsz: 32,
-            flags,
-            index,
-            cap_offset: 0,
-            size,
-            offset: 0,
-        },
-        sparse_areas: Vec::new(),
-        mmap_fd: None,
-    }
-}
-
 #[test]
 fn uvfio_client_drives_a_rust_vmm_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rust-vmm.sock");
-    let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-    // A PCI layout: 9 regions (BAR0 RW, BAR2 mappable with one sparse
-    // area, config), 5 IRQ indexes.
+    // A PCI layout: BAR0 RW, BAR2 mappable with one sparse area, config;
+    // MSI-X has 4 vectors.
     let bar2_mem = SharedMemory::new("their-bar2", 0x2000).unwrap();
-    let bar2_fd: OwnedFd = bar2_mem.fd().try_clone_to_owned().unwrap();
-    let mut regions: Vec<vfio_user::ServerRegion> = (0..9).map(|i| region(i, 0, 0)).collect();
-    regions[0] = region(0, 0x1000, rw);
-    regions[2] = vfio_user::ServerRegion {
-        sparse_areas: vec![vfio_user::SparseArea {
-            area: vfio_region_sparse_mmap_area {
-                offset: 0x1000,
-                size: 0x1000,
-            },
-        }],
-        mmap_fd: Some(bar2_fd.as_raw_fd()),
-        ..region(2, 0x2000, rw | VFIO_REGION_INFO_FLAG_MMAP)
-    };
-    regions[7] = region(7, 256, rw);
-    let irqs: Vec<vfio_user::IrqInfo> = (0..5)
-        .map(|index| vfio_user::IrqInfo {
-            index,
-            flags: VFIO_IRQ_INFO_EVENTFD,
-            count: if index == 2 { 4 } else { 1 },
-        })
-        .collect();
-    let server = vfio_user::Server::new(&path, true, irqs, regions).unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut backend = Backend {
-        regions: vec![
-            vec![0u8; 0x1000],
-            Vec::new(),
-            vec![0u8; 0x2000],
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            vec![0u8; 256],
-            Vec::new(),
-        ],
-        seen: seen.clone(),
-    };
-    let served = Arc::new(AtomicU32::new(0));
-    let served2 = served.clone();
-    let t = std::thread::spawn(move || {
-        let r = server.run(&mut backend);
-        served2.fetch_add(1, Ordering::SeqCst);
-        r.map_err(|e| e.to_string())
-    });
+    let bar2_fd = bar2_mem.fd().try_clone_to_owned().unwrap();
+    let layout = RustVmmServer::pci()
+        .rw_region(0, 0x1000)
+        .mmap_region(2, 0x2000, bar2_fd, &[(0x1000, 0x1000)])
+        .rw_region(7, 256)
+        .irq_counts([1, 1, 4, 1, 1])
+        .resettable();
+    let backend = layout.memory_backend();
+    let server = layout.spawn(backend);
 
-    let c = Client::connect(&path).unwrap();
+    let c = Client::connect(server.path()).unwrap();
     assert_eq!(c.negotiated().minor, 0);
     let info = c.device_info().unwrap();
     assert_eq!(info.num_regions, 9);
@@ -301,10 +156,8 @@ fn uvfio_client_drives_a_rust_vmm_server() {
     c.shutdown();
     drop(c);
 
-    let run = t.join().unwrap();
-    assert!(run.is_ok(), "their server: {run:?}");
-    assert_eq!(served.load(Ordering::SeqCst), 1);
-    let s = seen.lock().unwrap();
+    let backend = server.join().expect("their server");
+    let s = backend.seen();
     assert_eq!(s.dma_maps, vec![(0, 0x1_0000, 0x2000, true)]);
     assert_eq!(s.dma_unmaps, vec![(0x1_0000, 0x2000)]);
     assert_eq!(s.set_irqs.len(), 1);

@@ -52,7 +52,7 @@ fn world_with<D: DeviceOps>(
         .register()
         .unwrap();
     let by_dev = registry
-        .init(TestDevice::new(), &format!("{name}-by"), GroupId(2))
+        .init(test_device(), &format!("{name}-by"), GroupId(2))
         .unwrap()
         .register()
         .unwrap();
@@ -71,7 +71,7 @@ fn world_with<D: DeviceOps>(
 }
 
 fn world(name: &str, cfg: impl FnOnce(ServerConfig) -> ServerConfig) -> World<TestDevice> {
-    world_with(name, TestDevice::new(), cfg)
+    world_with(name, test_device(), cfg)
 }
 
 impl<D: DeviceOps> World<D> {

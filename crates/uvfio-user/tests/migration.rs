@@ -180,7 +180,7 @@ fn register_mig(reg: &Registry, name: &str, group: u32) -> RegisteredDevice<MigD
 }
 
 fn register_plain(reg: &Registry, name: &str, group: u32) -> RegisteredDevice<common::TestDevice> {
-    reg.init(common::TestDevice::new(), name, GroupId(group))
+    reg.init(common::test_device(), name, GroupId(group))
         .unwrap()
         .register()
         .unwrap()

@@ -34,7 +34,7 @@ fn fixture(config: impl FnOnce(ServerConfig) -> ServerConfig) -> Fixture {
 }
 
 fn register(reg: &Registry, name: &str, group: u32) -> RegisteredDevice<TestDevice> {
-    reg.init(TestDevice::new(), name, GroupId(group))
+    reg.init(test_device(), name, GroupId(group))
         .unwrap()
         .register()
         .unwrap()

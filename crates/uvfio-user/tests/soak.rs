@@ -238,7 +238,7 @@ fn soak_clients_and_devices_come_and_go_and_nothing_leaks() {
                     next += 1;
                     let name = format!("soak{next}");
                     let dev = registry
-                        .init(TestDevice::new(), &name, GroupId(next))
+                        .init(test_device(), &name, GroupId(next))
                         .unwrap()
                         .register()
                         .unwrap();

@@ -1,16 +1,26 @@
-//! The device behind the fuzzed connection: every kind of resource a
-//! client can touch, in a few hundred bytes of state.
+//! The device behind the fuzzed connection, and (with a [`Layout`] of their
+//! own) the uvfio-user integration tests' device: every kind of resource a
+//! client can touch, in a few hundred bytes of state. Not a stable API.
 //!
-//! - BAR0 (4 KiB, RW): registers; `0x08` DMA address (u64), `0x10` DMA
-//!   length (u32), `0x14` doorbell (1: copy `0x800..` to the client, 2:
-//!   copy the client's memory to `0x800..`), `0x18` status (errno of the
-//!   last DMA). A finished DMA fires MSI vector 0, else INTx.
-//! - BAR2 (8 KiB, RW + MMAP): a sealed memfd, sparse second page.
-//! - config (256 B, RW); the other indexes up to 8 are absent.
-//! - IRQs: INTx (1, maskable, automasked), MSI (1), MSI-X (8), ERR, REQ.
-//! - Reset, and migration (STOP_COPY + PRE_COPY) of BAR0's contents.
+//! - BAR0 ([`Layout::bar0_size`], RW): registers; [`REG_SCRATCH`] a u32 of
+//!   scratch, [`REG_DMA_ADDR`] DMA address (u64), [`REG_DMA_LEN`] DMA
+//!   length (u32), [`REG_DOORBELL`] doorbell ([`CMD_DMA_TO_CLIENT`]: copy
+//!   the data buffer to the client, [`CMD_DMA_FROM_CLIENT`]: copy the
+//!   client's memory into it), [`REG_STATUS`] status (0, or the errno of
+//!   the last DMA). The data buffer is BAR0's second half
+//!   ([`Layout::data_buf`]). A finished DMA fires MSI vector 0 if MSI has
+//!   an eventfd, else INTx.
+//! - BAR2 ([`BAR2_SIZE`], RW + MMAP): a sealed memfd; its second page is a
+//!   sparse mmap area, the first is served through read/write only.
+//! - config ([`CONFIG_SIZE`], RW): the vendor and device id (read-only) at
+//!   0; the other indexes up to 8 are absent.
+//! - IRQs: INTx (1, maskable, automasked), MSI (1), MSI-X
+//!   ([`Layout::msix_count`]), ERR (1), REQ (1); a request signals REQ.
+//! - Reset zeroes BAR0; with [`Layout::migration`], migration (STOP_COPY +
+//!   PRE_COPY) of BAR0's contents.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uvfio_core::{
@@ -19,21 +29,91 @@ use uvfio_core::{
     SharedMemory, SparseArea,
 };
 
-pub(super) const BAR0: u32 = 0;
-pub(super) const BAR2: u32 = 2;
-pub(super) const CONFIG: u32 = 7;
-pub(super) const BAR0_SIZE: usize = 0x1000;
-const BAR2_SIZE: u64 = 0x2000;
-const CONFIG_SIZE: usize = 256;
-pub(super) const REG_DMA_ADDR: u64 = 0x08;
-pub(super) const REG_DMA_LEN: u64 = 0x10;
-pub(super) const REG_DOORBELL: u64 = 0x14;
-const DATA: usize = 0x800;
-const MSI: u32 = 1;
+/// BAR0's region index.
+pub const BAR0: u32 = 0;
+/// BAR2's region index.
+pub const BAR2: u32 = 2;
+/// The config space's region index.
+pub const CONFIG: u32 = 7;
+/// BAR2's size.
+pub const BAR2_SIZE: u64 = 0x2000;
+/// The config space's size.
+pub const CONFIG_SIZE: u64 = 256;
+
+/// BAR0: a u32 the device does not look at.
+pub const REG_SCRATCH: u64 = 0x00;
+/// BAR0: the DMA address (u64).
+pub const REG_DMA_ADDR: u64 = 0x08;
+/// BAR0: the DMA length (u32), capped at the data buffer's size.
+pub const REG_DMA_LEN: u64 = 0x10;
+/// BAR0: a u32 written here is a command (`CMD_*`).
+pub const REG_DOORBELL: u64 = 0x14;
+/// BAR0: 0, or the errno of the last command (u32).
+pub const REG_STATUS: u64 = 0x18;
+/// Doorbell: copy the data buffer to the client's memory at the DMA
+/// address.
+pub const CMD_DMA_TO_CLIENT: u32 = 1;
+/// Doorbell: copy the client's memory at the DMA address into the data
+/// buffer.
+pub const CMD_DMA_FROM_CLIENT: u32 = 2;
+
+/// The INTx IRQ index.
+pub const INTX: u32 = 0;
+/// The MSI IRQ index.
+pub const MSI: u32 = 1;
+/// The MSI-X IRQ index.
+pub const MSIX: u32 = 2;
+/// The ERR IRQ index.
+pub const ERR: u32 = 3;
+/// The REQ IRQ index.
+pub const REQ: u32 = 4;
+
 /// Most bytes a resuming stream may hold.
 const MAX_STREAM: usize = 64 * 1024;
+/// BAR0 must hold the registers below the data buffer.
+const MIN_BAR0_SIZE: u64 = 0x40;
 
-#[derive(Default)]
+/// What differs between users of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// BAR0's size (at least 64 bytes): registers, then the data buffer in
+    /// its second half.
+    pub bar0_size: u64,
+    /// The vendor id in config space.
+    pub vendor_id: u16,
+    /// The device id in config space.
+    pub device_id: u16,
+    /// MSI-X vectors.
+    pub msix_count: u32,
+    /// Whether the device migrates.
+    pub migration: bool,
+}
+
+impl Layout {
+    /// The fuzzing harness's device (the committed corpus was grown on
+    /// it: changing it changes what those inputs reach).
+    pub const FUZZ: Layout = Layout {
+        bar0_size: 0x1000,
+        vendor_id: 0x1ee7,
+        device_id: 0x1000,
+        msix_count: 8,
+        migration: true,
+    };
+
+    /// The data buffer's offset in BAR0.
+    #[must_use]
+    pub const fn data_buf(&self) -> u64 {
+        self.bar0_size / 2
+    }
+
+    /// The data buffer's size.
+    #[must_use]
+    pub const fn data_buf_size(&self) -> u64 {
+        self.bar0_size - self.data_buf()
+    }
+}
+
+#[derive(Debug, Default)]
 struct Mig {
     /// Saving: the stream and how far it was read.
     out: Vec<u8>,
@@ -42,8 +122,13 @@ struct Mig {
     incoming: Vec<u8>,
 }
 
-/// See the module docs.
-pub(super) struct FuzzDevice {
+/// See the module docs. The counters are for tests' assertions.
+#[derive(Debug)]
+pub struct SampleDevice {
+    layout: Layout,
+    /// `layout.bar0_size` and `layout.data_buf()`, as indexes.
+    bar0_size: usize,
+    data: usize,
     bar0: Mutex<Vec<u8>>,
     config: Mutex<Vec<u8>>,
     bar2: SharedMemory,
@@ -51,15 +136,34 @@ pub(super) struct FuzzDevice {
     irqs: IrqLines,
     dma: Mutex<Option<Dma>>,
     mig: Mutex<Mig>,
+    /// `open_device` calls.
+    pub opens: AtomicU32,
+    /// `close_device` calls.
+    pub closes: AtomicU32,
+    /// `request` calls.
+    pub requests: AtomicU32,
+    /// `reset` calls.
+    pub resets: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl FuzzDevice {
-    pub(super) fn new() -> Result<FuzzDevice, Errno> {
-        let bar2 = SharedMemory::new("fuzz-bar2", BAR2_SIZE)?;
+impl SampleDevice {
+    /// A device shaped by `layout`.
+    ///
+    /// # Errors
+    ///
+    /// `INVAL` if BAR0 is smaller than 64 bytes (or too large to hold),
+    /// else the errno of making BAR2's memfd.
+    pub fn new(layout: Layout) -> Result<SampleDevice, Errno> {
+        if layout.bar0_size < MIN_BAR0_SIZE {
+            return Err(Errno::INVAL);
+        }
+        let bar0_size = usize::try_from(layout.bar0_size).map_err(|_| Errno::INVAL)?;
+        let data = usize::try_from(layout.data_buf()).map_err(|_| Errno::INVAL)?;
+        let bar2 = SharedMemory::new("sample-bar2", BAR2_SIZE)?;
         let bar2_fd = Arc::new(bar2.fd().try_clone_to_owned().map_err(|_| Errno::MFILE)?);
         let irq = |index, count, flags, exclusive| IrqIndexConfig {
             info: IrqInfo {
@@ -70,33 +174,54 @@ impl FuzzDevice {
             exclusive,
         };
         let ev = IrqFlags::EVENTFD;
-        let mut config = vec![0u8; CONFIG_SIZE];
-        config[0..4].copy_from_slice(&0x1000_1ee7u32.to_le_bytes());
-        Ok(FuzzDevice {
-            bar0: Mutex::new(vec![0u8; BAR0_SIZE]),
+        let mut config = vec![0u8; CONFIG_SIZE as usize];
+        config[0..2].copy_from_slice(&layout.vendor_id.to_le_bytes());
+        config[2..4].copy_from_slice(&layout.device_id.to_le_bytes());
+        Ok(SampleDevice {
+            layout,
+            bar0_size,
+            data,
+            bar0: Mutex::new(vec![0u8; bar0_size]),
             config: Mutex::new(config),
             bar2,
             bar2_fd,
             irqs: IrqLines::new(&[
-                irq(0, 1, ev | IrqFlags::MASKABLE | IrqFlags::AUTOMASKED, true),
-                irq(1, 1, ev | IrqFlags::NORESIZE, true),
-                irq(2, 8, ev | IrqFlags::NORESIZE, true),
-                irq(3, 1, ev, false),
-                irq(4, 1, ev, false),
+                irq(
+                    INTX,
+                    1,
+                    ev | IrqFlags::MASKABLE | IrqFlags::AUTOMASKED,
+                    true,
+                ),
+                irq(MSI, 1, ev | IrqFlags::NORESIZE, true),
+                irq(MSIX, layout.msix_count, ev | IrqFlags::NORESIZE, true),
+                irq(ERR, 1, ev, false),
+                irq(REQ, 1, ev, false),
             ]),
             dma: Mutex::new(None),
             mig: Mutex::new(Mig::default()),
+            opens: AtomicU32::new(0),
+            closes: AtomicU32::new(0),
+            requests: AtomicU32::new(0),
+            resets: AtomicU32::new(0),
         })
     }
 
     /// The IRQ state.
-    pub(super) fn irq_lines(&self) -> &IrqLines {
+    #[must_use]
+    pub fn irq_lines(&self) -> &IrqLines {
         &self.irqs
     }
 
     /// The DMA handle while open.
-    pub(super) fn dma(&self) -> Option<Dma> {
+    #[must_use]
+    pub fn dma(&self) -> Option<Dma> {
         lock(&self.dma).clone()
+    }
+
+    /// The BAR2 memory as the device sees it.
+    #[must_use]
+    pub fn bar2(&self) -> &SharedMemory {
+        &self.bar2
     }
 
     fn doorbell(&self, cmd: u32) -> Result<(), Errno> {
@@ -107,28 +232,29 @@ impl FuzzDevice {
             let mut l = [0u8; 4];
             l.copy_from_slice(&r[0x10..0x14]);
             let len = usize::try_from(u32::from_le_bytes(l)).unwrap_or(usize::MAX);
-            (u64::from_le_bytes(a), len.min(BAR0_SIZE - DATA))
+            (u64::from_le_bytes(a), len.min(self.bar0_size - self.data))
         };
         let dma = self.dma().ok_or(Errno::NODEV)?;
+        let data = self.data;
         match cmd {
-            1 => {
-                let data = lock(&self.bar0)[DATA..DATA + len].to_vec();
-                dma.write(addr, &data)?;
+            CMD_DMA_TO_CLIENT => {
+                let buf = lock(&self.bar0)[data..data + len].to_vec();
+                dma.write(addr, &buf)?;
             }
-            2 => {
-                let mut data = vec![0u8; len];
-                dma.read(addr, &mut data)?;
-                lock(&self.bar0)[DATA..DATA + len].copy_from_slice(&data);
+            CMD_DMA_FROM_CLIENT => {
+                let mut buf = vec![0u8; len];
+                dma.read(addr, &mut buf)?;
+                lock(&self.bar0)[data..data + len].copy_from_slice(&buf);
             }
             _ => return Err(Errno::INVAL),
         }
-        let index = if self.irqs.enabled(MSI) { MSI } else { 0 };
+        let index = if self.irqs.enabled(MSI) { MSI } else { INTX };
         self.irqs.trigger(index, 0)?;
         Ok(())
     }
 }
 
-impl DeviceOps for FuzzDevice {
+impl DeviceOps for SampleDevice {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
             flags: DeviceFlags::PCI | DeviceFlags::RESET,
@@ -139,16 +265,18 @@ impl DeviceOps for FuzzDevice {
 
     fn open_device(&self, ctx: &OpenContext) -> uvfio_core::Result<()> {
         *lock(&self.dma) = Some(ctx.dma.clone());
+        self.opens.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     fn close_device(&self, _: uvfio_core::CloseReason) {
         *lock(&self.dma) = None;
+        self.closes.fetch_add(1, Ordering::SeqCst);
     }
 
     fn region_info(&self, index: u32) -> uvfio_core::Result<RegionInfo> {
         Ok(match index {
-            BAR0 => RegionInfo::rw(index, BAR0_SIZE as u64),
+            BAR0 => RegionInfo::rw(index, self.layout.bar0_size),
             BAR2 => RegionInfo {
                 index,
                 flags: RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MMAP,
@@ -162,7 +290,7 @@ impl DeviceOps for FuzzDevice {
                     offset: 0,
                 }),
             },
-            CONFIG => RegionInfo::rw(index, CONFIG_SIZE as u64),
+            CONFIG => RegionInfo::rw(index, CONFIG_SIZE),
             _ => RegionInfo::absent(index),
         })
     }
@@ -221,21 +349,23 @@ impl DeviceOps for FuzzDevice {
 
     fn reset(&self) -> uvfio_core::Result<()> {
         lock(&self.bar0).iter_mut().for_each(|b| *b = 0);
+        self.resets.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     fn request(&self, _count: u32) {
-        if let Err(e) = self.irqs.trigger(4, 0) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.irqs.trigger(REQ, 0) {
             tracing::debug!("REQ: {e}");
         }
     }
 
     fn migration(&self) -> Option<&dyn MigrationOps> {
-        Some(self)
+        self.layout.migration.then_some(self as &dyn MigrationOps)
     }
 }
 
-impl MigrationOps for FuzzDevice {
+impl MigrationOps for SampleDevice {
     fn flags(&self) -> MigFlags {
         MigFlags::STOP_COPY | MigFlags::PRE_COPY
     }
@@ -250,7 +380,7 @@ impl MigrationOps for FuzzDevice {
             MigState::Resuming => m.incoming.clear(),
             MigState::Stop if !m.incoming.is_empty() => {
                 let data = std::mem::take(&mut m.incoming);
-                if data.len() != BAR0_SIZE {
+                if data.len() != self.bar0_size {
                     return Err(Errno::INVAL);
                 }
                 lock(&self.bar0).copy_from_slice(&data);
@@ -285,6 +415,6 @@ impl MigrationOps for FuzzDevice {
     }
 
     fn stop_copy_size(&self) -> u64 {
-        BAR0_SIZE as u64
+        self.layout.bar0_size
     }
 }
