@@ -1,5 +1,6 @@
 //! Interop with rust-vmm's `vfio_user` 0.1.7 (happy paths only: its client
-//! cannot handle error replies, see docs/vfio-user.md §6).
+//! reads a reply's payload by the request's shape and cannot handle error
+//! replies).
 //!
 //! (a) their `Client` drives a device served by our `Server`;
 //! (b) our `Client` drives their `Server`.

@@ -1,5 +1,5 @@
-//! Golden bytes written by hand from the spec tables (docs/vfio-user.md
-//! §1-3), not produced by our encoder. Each test decodes them and checks
+//! Golden bytes written by hand from the spec's message tables (QEMU's
+//! `docs/devel/vfio-user.rst`), not produced by our encoder. Each test decodes them and checks
 //! that the encoder reproduces them exactly.
 
 use uvfio_user::proto::*;
