@@ -34,7 +34,8 @@ pub enum Protection {
     ReadWrite,
 }
 
-/// An owned shared mapping of (part of) a file.
+/// An owned mapping: shared, of (part of) a file, or private anonymous
+/// memory ([`MmapRegion::anonymous`]).
 #[derive(Debug)]
 pub struct MmapRegion {
     ptr: NonNull<u8>,
@@ -81,6 +82,31 @@ impl MmapRegion {
             ptr,
             len,
             writable: prot == Protection::ReadWrite,
+        })
+    }
+
+    /// `len` bytes of private, zeroed, read-write memory that no other
+    /// process sees, with the same accessors as a shared mapping (a
+    /// bounce buffer, or plain memory to compare a shared mapping with).
+    pub fn anonymous(len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: as in `map`: a fresh mapping the kernel places, owned by
+        // the returned value.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )?
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
+        Ok(MmapRegion {
+            ptr,
+            len,
+            writable: true,
         })
     }
 
@@ -159,6 +185,26 @@ impl MmapRegion {
         // SAFETY: in bounds and 4-byte aligned (mappings are page aligned).
         let v = unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(off).cast::<u32>()) };
         Ok(u32::from_le(v))
+    }
+
+    /// Writes `value` little-endian at `offset` with one 4-byte volatile
+    /// store (a doorbell write): the other side sees all four bytes or
+    /// none. EINVAL if `offset` is not 4-byte aligned, PERM on a read-only
+    /// mapping.
+    pub fn write_u32(&self, offset: u64, value: u32) -> Result<()> {
+        if !self.writable {
+            return Err(Errno::PERM);
+        }
+        let off = self.check(offset, 4)?;
+        if off % 4 != 0 {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: in bounds, 4-byte aligned (mappings are page aligned)
+        // and writable.
+        unsafe {
+            std::ptr::write_volatile(self.ptr.as_ptr().add(off).cast::<u32>(), value.to_le());
+        }
+        Ok(())
     }
 }
 
@@ -258,6 +304,39 @@ mod tests {
         let shm = SharedMemory::new("s", 4096).unwrap();
         let e = MmapRegion::map_sealed(shm.fd(), 0, 8192, Protection::Read).unwrap_err();
         assert_eq!(e, Errno::INVAL);
+    }
+
+    #[test]
+    fn u32_accessors_are_little_endian_aligned_and_bounded() {
+        let shm = SharedMemory::new("w", 4096).unwrap();
+        let view = MmapRegion::map_sealed(shm.fd(), 0, 4096, Protection::ReadWrite).unwrap();
+        view.write_u32(8, 0x0403_0201).unwrap();
+        let mut b = [0u8; 4];
+        shm.read_at(8, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert_eq!(view.read_u32(8), Ok(0x0403_0201));
+        assert_eq!(view.write_u32(6, 0), Err(Errno::INVAL));
+        assert_eq!(view.read_u32(6), Err(Errno::INVAL));
+        assert_eq!(view.write_u32(4096, 0), Err(Errno::FAULT));
+        assert_eq!(view.write_u32(4094, 0), Err(Errno::FAULT));
+        let ro = MmapRegion::map_sealed(shm.fd(), 0, 4096, Protection::Read).unwrap();
+        assert_eq!(ro.write_u32(8, 0), Err(Errno::PERM));
+        assert_eq!(ro.read_u32(8), Ok(0x0403_0201));
+    }
+
+    #[test]
+    fn anonymous_memory_is_zeroed_private_and_bounded() {
+        assert_eq!(MmapRegion::anonymous(0).unwrap_err(), Errno::INVAL);
+        let m = MmapRegion::anonymous(8192).unwrap();
+        let mut b = [1u8; 8];
+        m.read_at(8184, &mut b).unwrap();
+        assert_eq!(b, [0; 8]);
+        m.write_at(100, b"xyz").unwrap();
+        m.write_u32(4096, 7).unwrap();
+        let mut c = [0u8; 3];
+        m.read_at(100, &mut c).unwrap();
+        assert_eq!((&c, m.read_u32(4096)), (b"xyz", Ok(7)));
+        assert_eq!(m.read_at(8190, &mut b).unwrap_err(), Errno::FAULT);
     }
 
     #[test]

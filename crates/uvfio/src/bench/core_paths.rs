@@ -1,5 +1,5 @@
 //! Benchmarks of paths inside one process: device DMA through the DMA
-//! space, reads through an mmapped BAR, and the device lifecycle.
+//! space and the device lifecycle.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -118,61 +118,6 @@ impl PageAligned {
 
     fn get(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + self.len]
-    }
-}
-
-/// 4-byte and 4 KiB reads/writes through a second mapping of a BAR's memfd
-/// (what a client does with a sparse-mmap area) vs the same through plain
-/// heap memory. Ratio = plain / mapped (goal ≥ 0.95).
-pub fn mmap_bar(opts: &Options) -> anyhow::Result<Vec<Row>> {
-    let bar = SharedMemory::new("bench-bar", 1 << 16)?;
-    let view = MmapRegion::map(bar.fd(), 0, 1 << 16, Protection::ReadWrite)?;
-    let plain = SharedPlain(vec![0u8; 1 << 16]);
-    let iters = opts.iterations.saturating_mul(50).max(1000);
-    let mut rows = Vec::new();
-    for (size, label) in [(4usize, "4 B"), (4096, "4 KiB")] {
-        let it = if size == 4 { iters } else { iters / 20 };
-        let mut buf = vec![0u8; size];
-        let mut buf2 = vec![0u8; size];
-        let (ours_r, base_r) = median_pair(
-            15,
-            it,
-            |n| {
-                for i in 0..n {
-                    view.read_at(black_box(((i as usize * 64) % 32768) as u64), &mut buf)
-                        .expect("in bounds");
-                    black_box(&mut buf);
-                }
-            },
-            |n| {
-                for i in 0..n {
-                    plain.read(black_box((i as usize * 64) % 32768), &mut buf2);
-                    black_box(&mut buf2);
-                }
-            },
-        );
-        let ratio = base_r.ns_per_op / ours_r.ns_per_op;
-        rows.push(Row {
-            name: format!("mmap'd BAR read {label} vs plain memory"),
-            ours: ours_r.ns_per_op,
-            baseline: base_r.ns_per_op,
-            unit: "ns/op",
-            ratio,
-            goal: ">= 0.95",
-            met: Some(ratio >= 0.95),
-        });
-    }
-    Ok(rows)
-}
-
-/// Plain heap memory read the same way (a bounds check, then a copy).
-struct SharedPlain(Vec<u8>);
-
-impl SharedPlain {
-    #[inline(never)]
-    fn read(&self, off: usize, buf: &mut [u8]) {
-        let end = off + buf.len();
-        buf.copy_from_slice(&self.0[off..end]);
     }
 }
 

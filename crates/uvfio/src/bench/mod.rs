@@ -15,6 +15,7 @@
 //! accepts fds with any request) are reported beside it.
 
 mod core_paths;
+mod mmap_bar;
 mod socket_paths;
 mod timing;
 
@@ -59,7 +60,6 @@ impl Default for Options {
 pub fn run_core(opts: &Options) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     rows.extend(core_paths::dma(opts)?);
-    rows.extend(core_paths::mmap_bar(opts)?);
     rows.extend(core_paths::lifecycle(opts)?);
     Ok(rows)
 }
@@ -69,7 +69,11 @@ pub fn run_core(opts: &Options) -> anyhow::Result<Vec<Row>> {
 pub fn run_socket(opts: &Options, socket: Option<&std::path::Path>) -> anyhow::Result<Vec<Row>> {
     match socket {
         Some(s) => socket_paths::external(s, opts),
-        None => socket_paths::in_process(opts),
+        None => {
+            let mut rows = socket_paths::in_process(opts)?;
+            rows.extend(mmap_bar::rows(opts)?);
+            Ok(rows)
+        }
     }
 }
 

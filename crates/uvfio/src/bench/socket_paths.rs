@@ -153,7 +153,7 @@ impl Drop for PingPong {
 /// on CPU 0 and every server-side thread (our connection thread and the
 /// ping-pong echo thread alike) on CPU 1: the same layout for both, and
 /// no run where the scheduler happens to stack them on one core.
-fn pin(cpu: Option<usize>) {
+pub(super) fn pin(cpu: Option<usize>) {
     // The CPU count before any pinning: once pinned, the affinity mask
     // (which available_parallelism reads) says 1.
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -433,7 +433,7 @@ pub fn external(socket: &Path, opts: &Options) -> anyhow::Result<Vec<Row>> {
     rows
 }
 
-fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+pub(super) fn tempdir() -> anyhow::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "uvfio-bench-{}-{}",
         std::process::id(),

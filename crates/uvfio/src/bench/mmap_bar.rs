@@ -1,0 +1,153 @@
+//! Client access through an mmapped BAR: what a vfio-user client does with
+//! a sparse-mmap area, against the same accesses to plain memory.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use uvfio_core::{GroupId, MmapRegion, Registry};
+use uvfio_drivers::dma;
+use uvfio_user::{Client, Server, ServerConfig};
+
+use super::{median_pair, Measurement, Options, Row};
+
+/// Bytes of the BAR the accesses walk (half the engine's default RAM BAR).
+const WINDOW: usize = 32 * 1024;
+
+/// 4-byte and 4 KiB reads and writes by a client through its mapping of a
+/// dma engine's RAM BAR, obtained the way any client gets one
+/// (`REGION_INFO` → sparse-mmap area → the fd the server sent → `mmap`,
+/// all through [`Client`]), vs the same accesses, through the same
+/// accessors, to plain private memory ([`MmapRegion::anonymous`]): the
+/// two sides differ only in the memory. 4 B: one aligned volatile load or
+/// store (`read_u32`/`write_u32`, a register); 4 KiB: a copy
+/// (`read_at`/`write_at`). Both walk the same offsets. Ratio = plain /
+/// mapped (goal ≥ 0.95: once mapped, a BAR is memory).
+pub fn rows(opts: &Options) -> anyhow::Result<Vec<Row>> {
+    let dir = super::socket_paths::tempdir()?;
+    let reg = Registry::default();
+    let server = Server::new(reg.clone(), ServerConfig::new(&dir))?;
+    let dev = dma::create(&reg, "bar0", GroupId(1), &dma::DmaOptions::default())?;
+    let client = Client::connect(server.socket_path("bar0").context("socket")?)?;
+    let region = client.region_info(u32::from(dma::DMA_RAM_BAR))?;
+    anyhow::ensure!(
+        !region.sparse_areas().is_empty(),
+        "the RAM BAR offers no mmap area"
+    );
+    let view = region.map_area(0)?;
+    anyhow::ensure!(view.len() >= WINDOW, "the mmap area is too small");
+    let plain = MmapRegion::anonymous(WINDOW)?;
+    // One CPU for both sides, so they are not measured on different cores.
+    super::socket_paths::pin(Some(0));
+    let iters = opts.iterations.saturating_mul(50).max(1000);
+    let mut rows = Vec::new();
+
+    let reg_at = |i: u32| ((i as usize * 64) % WINDOW) as u64;
+    let (rd, base_rd) = median_pair(
+        15,
+        iters,
+        |n| {
+            for i in 0..n {
+                black_box(view.read_u32(black_box(reg_at(i))).expect("in bounds"));
+            }
+        },
+        |n| {
+            for i in 0..n {
+                black_box(plain.read_u32(black_box(reg_at(i))).expect("in bounds"));
+            }
+        },
+    );
+    let (wr, base_wr) = median_pair(
+        15,
+        iters,
+        |n| {
+            for i in 0..n {
+                view.write_u32(black_box(reg_at(i)), black_box(0x5a5a_5a5a))
+                    .expect("in bounds");
+            }
+        },
+        |n| {
+            for i in 0..n {
+                plain
+                    .write_u32(black_box(reg_at(i)), black_box(0x5a5a_5a5a))
+                    .expect("in bounds");
+            }
+        },
+    );
+    push(&mut rows, "read 4 B", rd, base_rd);
+    push(&mut rows, "write 4 B", wr, base_wr);
+
+    const BULK: usize = 4096;
+    let it = (iters / 20).max(100);
+    let bulk_at = |i: u32| ((i as usize * 64) % (WINDOW - BULK)) as u64;
+    let mut buf = vec![0u8; BULK];
+    let mut buf2 = vec![0u8; BULK];
+    let (rd, base_rd) = median_pair(
+        15,
+        it,
+        |n| {
+            for i in 0..n {
+                view.read_at(black_box(bulk_at(i)), &mut buf)
+                    .expect("in bounds");
+                black_box(&mut buf);
+            }
+        },
+        |n| {
+            for i in 0..n {
+                plain
+                    .read_at(black_box(bulk_at(i)), &mut buf2)
+                    .expect("in bounds");
+                black_box(&mut buf2);
+            }
+        },
+    );
+    let data = vec![0x5au8; BULK];
+    let (wr, base_wr) = median_pair(
+        15,
+        it,
+        |n| {
+            for i in 0..n {
+                view.write_at(black_box(bulk_at(i)), black_box(&data))
+                    .expect("in bounds");
+            }
+        },
+        |n| {
+            for i in 0..n {
+                plain
+                    .write_at(black_box(bulk_at(i)), black_box(&data))
+                    .expect("in bounds");
+            }
+        },
+    );
+    push(&mut rows, "read 4 KiB", rd, base_rd);
+    push(&mut rows, "write 4 KiB", wr, base_wr);
+    super::socket_paths::pin(None);
+    // What the client wrote through its mapping is what the device serves.
+    let mut seen = [0u8; 4];
+    client.region_read(u32::from(dma::DMA_RAM_BAR), 0, &mut seen)?;
+    anyhow::ensure!(seen == [0x5a; 4], "a write through the mapping was lost");
+    drop(view);
+    client.shutdown();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while dev.open_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(dev.unregister());
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
+fn push(rows: &mut Vec<Row>, what: &str, ours: Measurement, base: Measurement) {
+    let ratio = base.ns_per_op / ours.ns_per_op;
+    rows.push(Row {
+        name: format!("mmap'd BAR {what} vs plain memory"),
+        ours: ours.ns_per_op,
+        baseline: base.ns_per_op,
+        unit: "ns/op",
+        ratio,
+        goal: ">= 0.95",
+        met: Some(ratio >= 0.95),
+    });
+}
