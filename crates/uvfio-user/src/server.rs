@@ -63,9 +63,11 @@
 //!   ping-pong (the baseline of earlier runs), over six shuffled link
 //!   layouts; on two CPUs the cross-CPU wake-ups of this VM (~35–50 µs a
 //!   round trip) hide it (0.86–1.03×).
-//!   On one CPU the figure depends by up to ~8 % on where code lands (the
-//!   same transport code compiled into another binary echoed at 1.01×
-//!   the floor instead of 1.09×) and on kernel scheduling: a read frees
+//!   On one CPU the figure depends by up to ~10 % on where code lands:
+//!   even a bare `send`/`recvmsg` ping-pong sits on discrete levels ~1 µs
+//!   apart (8.8 or 9.8 µs) depending on its loop's code address and on
+//!   what the process ran before, with the same context switches and no
+//!   faults (README § Performance); and on kernel scheduling: a read frees
 //!   the skb the peer sent and wakes the peer's socket for write space; a
 //!   peer blocked in `recv` wakes, may preempt, finds nothing and sleeps
 //!   again (ftrace: 2.5–3.1 context switches a round trip). Waiting in
