@@ -28,18 +28,27 @@
 //!
 //! ## Pre-copy
 //!
-//! In PRE_COPY the stream's *initial* part is available: the header and
-//! the [`SECTION_DEVICE`] identity. Once read, `save` fails with ENOMSG
-//! ("no more data for now"). Everything else is produced when the device
-//! stops (PRE_COPY → STOP_COPY) and appended to the same stream; reading
-//! then ends with `Ok(0)`. Entering STOP_COPY from STOP produces the whole
-//! stream at once. The two streams are identical in form.
+//! In PRE_COPY the stream's *initial* part is available: the header, the
+//! [`SECTION_DEVICE`] identity and a [`SECTION_RAM`] copy of every RAM
+//! BAR, taken while the device runs, so that the bulk of the data moves
+//! before the downtime. Once read, `save` fails with ENOMSG ("no more data
+//! for now"). Everything else is produced when the device stops
+//! (PRE_COPY → STOP_COPY) and appended to the same stream; reading then
+//! ends with `Ok(0)`. That final part carries, per RAM BAR, a
+//! [`SECTION_RAM_DELTA`] with the 4 KiB pages that differ from the copy
+//! sent: found by comparing the stopped BAR with the pre-copied bytes
+//! (still held in the stream buffer) rather than by tracking writes,
+//! because a client writes a mappable BAR through its own mapping, where
+//! no write can be seen. A copy torn by a concurrent write is therefore
+//! harmless: every page it got wrong differs and is sent again. Entering
+//! STOP_COPY from STOP produces the whole stream at once, with full RAM
+//! sections and no deltas.
 //!
 //! ## Stream format (all integers little endian)
 //!
 //! ```text
 //! header   u64 magic = PCI_MIG_MAGIC ("uvfioPCI")
-//!          u16 major = 1, u16 minor = 0
+//!          u16 major = 1, u16 minor = 1
 //!          u32 flags = 0 (reserved)
 //! sections { u32 id; u32 len; u8 payload[len] } …
 //!          DEVICE    identity and layout, must come first
@@ -48,6 +57,9 @@
 //!          IRQ       u8 intx_asserted, u8 intx_blocked, u8 err_latched,
 //!                    u8 0, u32 n, n × u32 vectors latched while stopped
 //!          RAM       u32 bar, u32 0, the BAR's bytes; one per RAM BAR
+//!          RAM_DELTA u32 bar, u32 0, then runs { u64 offset; u64 len;
+//!                    u8 bytes[len] } to the end; at most one per RAM
+//!                    BAR, applied over its RAM section (minor 1)
 //!          FUNCTION  the function's own state (its format)
 //!          END       len 0; last, nothing may follow
 //! ```
@@ -62,7 +74,7 @@
 
 use std::collections::BTreeSet;
 
-use uvfio_core::{Errno, MigFlags, MigState, MigrationOps, Result};
+use uvfio_core::{Errno, MigFlags, MigState, MigrationOps, Result, SharedMemory};
 
 use crate::bar::{BarKind, PCI_NUM_BARS};
 use crate::cap::msix::MsixTable;
@@ -73,8 +85,9 @@ use crate::regs::*;
 pub const PCI_MIG_MAGIC: u64 = u64::from_le_bytes(*b"uvfioPCI");
 /// Major version: a destination refuses any other.
 pub const PCI_MIG_VERSION_MAJOR: u16 = 1;
-/// Minor version: compatible additions (optional sections).
-pub const PCI_MIG_VERSION_MINOR: u16 = 0;
+/// Minor version: compatible additions. 1: [`SECTION_RAM_DELTA`] (a
+/// destination of minor 0 refuses a stream that has one, as it must).
+pub const PCI_MIG_VERSION_MINOR: u16 = 1;
 /// Bytes of the stream header.
 pub const PCI_MIG_HEADER_LEN: usize = 16;
 /// Bytes of a section header (id and length).
@@ -94,6 +107,12 @@ pub const SECTION_IRQ: u32 = 4;
 pub const SECTION_RAM: u32 = 5;
 /// The function's own state.
 pub const SECTION_FUNCTION: u32 = 6;
+/// Pages of a RAM BAR that changed after its pre-copy (see the module
+/// docs).
+pub const SECTION_RAM_DELTA: u32 = 7;
+/// Granularity of [`SECTION_RAM_DELTA`]: pages that differ are resent
+/// whole.
+pub const RAM_DELTA_PAGE: usize = 4096;
 /// Flag on a section id: a destination that does not know it skips it.
 pub const SECTION_OPTIONAL: u32 = 1 << 31;
 
@@ -179,6 +198,23 @@ impl StateWriter {
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(b);
         self
+    }
+
+    /// Appends `len` bytes that `fill` writes in place (zeroed before),
+    /// e.g. a large memory read straight into the stream; if `fill` fails,
+    /// nothing is appended.
+    pub fn fill_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<&mut Self> {
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        if let Err(e) = fill(&mut self.buf[start..]) {
+            self.buf.truncate(start);
+            return Err(e);
+        }
+        Ok(self)
     }
 
     /// Appends a format header: `magic` (its bytes as they are, e.g. a
@@ -348,9 +384,75 @@ pub(crate) enum Phase {
         buf: Vec<u8>,
         pos: usize,
         stop_copy: bool,
+        /// RAM BARs sent in the initial part, and where in `buf` their
+        /// bytes are (what the final part's deltas compare against).
+        precopied: Vec<Precopied>,
     },
     /// Being written.
     Resuming { buf: Vec<u8> },
+}
+
+/// A RAM BAR sent in PRE_COPY: its index, and the offset of its bytes in
+/// the stream buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Precopied {
+    bar: usize,
+    at: usize,
+}
+
+/// The pages of a RAM BAR that differ from `sent` (the bytes pre-copy
+/// sent), as a [`SECTION_RAM_DELTA`] payload for `bar`, adjacent pages
+/// merged into one run; `None` if nothing changed. `read(offset, buf)`
+/// reads the BAR as it is now, one page at a time, so no second copy of
+/// the BAR is made.
+fn ram_delta(
+    bar: usize,
+    sent: &[u8],
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(bar as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    // Where the open run's length field is, and the length so far.
+    let mut run: Option<(usize, u64)> = None;
+    let mut page = [0u8; RAM_DELTA_PAGE];
+    for (i, was) in sent.chunks(RAM_DELTA_PAGE).enumerate() {
+        let offset = (i * RAM_DELTA_PAGE) as u64;
+        let now = &mut page[..was.len()];
+        read(offset, now)?;
+        if now == was {
+            run = None;
+            continue;
+        }
+        let (at, len) = run.get_or_insert_with(|| {
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&0u64.to_le_bytes());
+            (out.len() - 8, 0)
+        });
+        *len += now.len() as u64;
+        out[*at..*at + 8].copy_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(now);
+    }
+    Ok((out.len() > 8).then_some(out))
+}
+
+/// Checks a [`SECTION_RAM_DELTA`] payload against a BAR of `size` bytes:
+/// its runs, each non-empty and inside the BAR.
+fn parse_ram_delta(payload: &[u8], size: u64) -> Result<Vec<(u64, &[u8])>> {
+    let mut r = StateReader::new(payload);
+    r.bytes(8)?;
+    let mut runs = Vec::new();
+    while r.remaining() > 0 {
+        let offset = r.u64()?;
+        let len = r.u64()?;
+        let end = offset.checked_add(len).ok_or(Errno::INVAL)?;
+        if len == 0 || end > size {
+            return Err(Errno::INVAL);
+        }
+        let bytes = r.bytes(usize::try_from(len).map_err(|_| Errno::INVAL)?)?;
+        runs.push((offset, bytes));
+    }
+    Ok(runs)
 }
 
 /// The interrupt section, parsed.
@@ -456,7 +558,7 @@ impl<F: PciFunction> PciDevice<F> {
         w.into_vec()
     }
 
-    /// Header and DEVICE section: what PRE_COPY offers.
+    /// Header and DEVICE section: the start of every stream.
     fn save_initial(&self) -> Result<StateWriter> {
         let mut w = StateWriter::new();
         put_header(&mut w);
@@ -464,8 +566,42 @@ impl<F: PciFunction> PciDevice<F> {
         Ok(w)
     }
 
-    /// Everything after DEVICE, taken with the device stopped.
-    fn save_final(&self, w: &mut StateWriter) -> Result<()> {
+    /// The RAM BARs: `(index, size, memory)`.
+    fn ram_bars(&self) -> impl Iterator<Item = (usize, u64, &SharedMemory)> {
+        self.bars.iter().enumerate().filter_map(|(i, slot)| {
+            let slot = slot.as_ref()?;
+            Some((i, slot.info.size, slot.memory.as_deref()?))
+        })
+    }
+
+    /// Appends a full RAM section for `bar`; returns where its bytes are
+    /// in the stream.
+    fn put_ram(w: &mut StateWriter, bar: usize, size: u64, mem: &SharedMemory) -> Result<usize> {
+        let size = usize::try_from(size).map_err(|_| Errno::FBIG)?;
+        let section_len = u32::try_from(8 + size).map_err(|_| Errno::FBIG)?;
+        // The BAR is read straight into the stream: one copy.
+        w.u32(SECTION_RAM).u32(section_len).u32(bar as u32).u32(0);
+        let at = w.len();
+        w.fill_with(size, |b| mem.read_at(0, b))?;
+        Ok(at)
+    }
+
+    /// What PRE_COPY offers: header, DEVICE, and every RAM BAR as it is
+    /// now (the device runs on).
+    fn save_precopy(&self) -> Result<(StateWriter, Vec<Precopied>)> {
+        let mut w = self.save_initial()?;
+        let mut precopied = Vec::new();
+        for (bar, size, mem) in self.ram_bars() {
+            let at = Self::put_ram(&mut w, bar, size, mem)?;
+            precopied.push(Precopied { bar, at });
+        }
+        Ok((w, precopied))
+    }
+
+    /// Everything after what was offered before, taken with the device
+    /// stopped: RAM BARs in full, or (those in `precopied`) as deltas
+    /// against the bytes `sent` holds.
+    fn save_final(&self, w: &mut StateWriter, precopied: &[Precopied], sent: &[u8]) -> Result<()> {
         let (config, msix, irq) = {
             let st = self.shared.lock();
             let mut irq = StateWriter::new();
@@ -488,16 +624,16 @@ impl<F: PciFunction> PciDevice<F> {
             put_section(w, SECTION_MSIX, &m)?;
         }
         put_section(w, SECTION_IRQ, &irq)?;
-        for (i, slot) in self.bars.iter().enumerate() {
-            let Some((slot, mem)) = slot.as_ref().and_then(|s| Some((s, s.memory.as_ref()?)))
-            else {
+        for (bar, size, mem) in self.ram_bars() {
+            let Some(p) = precopied.iter().find(|p| p.bar == bar) else {
+                Self::put_ram(w, bar, size, mem)?;
                 continue;
             };
-            let size = usize::try_from(slot.info.size).map_err(|_| Errno::FBIG)?;
-            let mut payload = vec![0u8; 8 + size];
-            payload[..4].copy_from_slice(&(i as u32).to_le_bytes());
-            mem.read_at(0, &mut payload[8..])?;
-            put_section(w, SECTION_RAM, &payload)?;
+            let len = usize::try_from(size).map_err(|_| Errno::FBIG)?;
+            let was = sent.get(p.at..p.at + len).ok_or(Errno::INVAL)?;
+            if let Some(delta) = ram_delta(bar, was, |off, buf| mem.read_at(off, buf))? {
+                put_section(w, SECTION_RAM_DELTA, &delta)?;
+            }
         }
         let mut state = Vec::new();
         self.fmig()?.save_state(&mut state)?;
@@ -513,7 +649,8 @@ impl<F: PciFunction> PciDevice<F> {
             .iter()
             .flatten()
             .filter(|s| s.memory.is_some())
-            .map(|s| s.info.size + 16)
+            // The RAM section, and a delta that may resend every page.
+            .map(|s| 2 * (s.info.size + 16) + s.info.size.div_ceil(RAM_DELTA_PAGE as u64) * 16)
             .sum();
         let fixed = PCI_MIG_HEADER_LEN + 64 * 1024 + cfg + 2 * MAX_VECTORS as usize * 16;
         usize::try_from(ram)
@@ -538,19 +675,25 @@ impl<F: PciFunction> PciDevice<F> {
         let mut irq = None;
         let mut function = None;
         let mut ram: [Option<&[u8]>; PCI_NUM_BARS] = Default::default();
+        let mut ram_delta: [Option<&[u8]>; PCI_NUM_BARS] = Default::default();
         for s in it {
             let slot = match s.id {
                 SECTION_CONFIG => &mut config,
                 SECTION_MSIX => &mut msix,
                 SECTION_IRQ => &mut irq,
                 SECTION_FUNCTION => &mut function,
-                SECTION_RAM => {
+                SECTION_RAM | SECTION_RAM_DELTA => {
                     let mut r = StateReader::new(s.payload);
                     let bar = usize::try_from(r.u32()?).map_err(|_| Errno::INVAL)?;
                     if r.u32()? != 0 {
                         return Err(Errno::INVAL);
                     }
-                    ram.get_mut(bar).ok_or(Errno::INVAL)?
+                    let per_bar = if s.id == SECTION_RAM {
+                        &mut ram
+                    } else {
+                        &mut ram_delta
+                    };
+                    per_bar.get_mut(bar).ok_or(Errno::INVAL)?
                 }
                 SECTION_DEVICE => return Err(Errno::INVAL),
                 id if id & SECTION_OPTIONAL != 0 => {
@@ -582,14 +725,18 @@ impl<F: PciFunction> PciDevice<F> {
         let mut ram_apply = Vec::new();
         for (i, slot) in self.bars.iter().enumerate() {
             let mem = slot.as_ref().and_then(|s| Some((s, s.memory.as_ref()?)));
-            match (mem, ram[i]) {
-                (None, None) => {}
-                (Some((s, mem)), Some(bytes)) => {
+            match (mem, ram[i], ram_delta[i]) {
+                (None, None, None) => {}
+                (Some((s, mem)), Some(bytes), delta) => {
                     let bytes = &bytes[8..];
                     if bytes.len() as u64 != s.info.size {
                         return Err(Errno::INVAL);
                     }
-                    ram_apply.push((mem, bytes));
+                    let runs = match delta {
+                        Some(d) => parse_ram_delta(d, s.info.size)?,
+                        None => Vec::new(),
+                    };
+                    ram_apply.push((mem, bytes, runs));
                 }
                 _ => return Err(Errno::INVAL),
             }
@@ -610,8 +757,11 @@ impl<F: PciFunction> PciDevice<F> {
             st.err_latched = irq.err_latched;
             st.latched = irq.latched;
         }
-        for (mem, bytes) in ram_apply {
+        for (mem, bytes, runs) in ram_apply {
             mem.write_at(0, bytes)?;
+            for (offset, run) in runs {
+                mem.write_at(offset, run)?;
+            }
         }
         Ok(())
     }
@@ -652,10 +802,12 @@ impl<F: PciFunction> MigrationOps for PciDevice<F> {
             | (PreCopyP2p, PreCopy) => fm.step(from, to)?,
             (Running, PreCopy) | (RunningP2p, PreCopyP2p) => {
                 fm.step(from, to)?;
+                let (w, precopied) = self.save_precopy()?;
                 *phase = Phase::Saving {
-                    buf: self.save_initial()?.into_vec(),
+                    buf: w.into_vec(),
                     pos: 0,
                     stop_copy: false,
+                    precopied,
                 };
             }
             (PreCopy, Running) | (PreCopyP2p, RunningP2p) => {
@@ -665,20 +817,26 @@ impl<F: PciFunction> MigrationOps for PciDevice<F> {
             (PreCopy | PreCopyP2p, StopCopy) => {
                 fm.step(from, to)?;
                 self.shared.stop();
-                let mut w = StateWriter::new();
-                self.save_final(&mut w)?;
                 match &mut *phase {
-                    Phase::Saving { buf, stop_copy, .. } => {
+                    Phase::Saving {
+                        buf,
+                        stop_copy,
+                        precopied,
+                        ..
+                    } => {
+                        let mut w = StateWriter::new();
+                        self.save_final(&mut w, precopied, buf)?;
                         buf.extend_from_slice(&w.into_vec());
                         *stop_copy = true;
                     }
                     other => {
                         let mut all = self.save_initial()?;
-                        all.bytes(&w.into_vec());
+                        self.save_final(&mut all, &[], &[])?;
                         *other = Phase::Saving {
                             buf: all.into_vec(),
                             pos: 0,
                             stop_copy: true,
+                            precopied: Vec::new(),
                         };
                     }
                 }
@@ -686,11 +844,12 @@ impl<F: PciFunction> MigrationOps for PciDevice<F> {
             (Stop, StopCopy) => {
                 fm.step(from, to)?;
                 let mut w = self.save_initial()?;
-                self.save_final(&mut w)?;
+                self.save_final(&mut w, &[], &[])?;
                 *phase = Phase::Saving {
                     buf: w.into_vec(),
                     pos: 0,
                     stop_copy: true,
+                    precopied: Vec::new(),
                 };
             }
             (StopCopy, Stop) => {
@@ -719,6 +878,7 @@ impl<F: PciFunction> MigrationOps for PciDevice<F> {
             buf,
             pos,
             stop_copy,
+            ..
         } = &mut *phase
         else {
             return Err(Errno::INVAL);
@@ -751,6 +911,7 @@ impl<F: PciFunction> MigrationOps for PciDevice<F> {
                 buf,
                 pos,
                 stop_copy: false,
+                ..
             } => ((buf.len() - pos) as u64, 0),
             _ => (0, 0),
         }
@@ -781,7 +942,17 @@ impl<F: PciFunction> MigrationOps for PciDevice<F> {
         for s in self.bars.iter().flatten().filter(|s| s.memory.is_some()) {
             n += sh + 8 + s.info.size;
         }
-        n
+        // In PRE_COPY the initial part (header, DEVICE, the RAM copies) is
+        // already offered, so STOP_COPY adds the rest: the estimate counts
+        // no RAM page as changed since.
+        match &*self.mig_lock() {
+            Phase::Saving {
+                buf,
+                stop_copy: false,
+                ..
+            } => n.saturating_sub(buf.len() as u64),
+            _ => n,
+        }
     }
 }
 
@@ -796,6 +967,69 @@ mod tests {
             put_section(&mut w, *id, p).unwrap();
         }
         w.into_vec()
+    }
+
+    fn runs(payload: &[u8], size: u64) -> Vec<(u64, Vec<u8>)> {
+        parse_ram_delta(payload, size)
+            .unwrap()
+            .into_iter()
+            .map(|(o, b)| (o, b.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn ram_delta_sends_changed_pages_merging_neighbours() {
+        let page = RAM_DELTA_PAGE;
+        let sent = vec![0u8; 5 * page + 100];
+        let delta_of = |now: &[u8]| {
+            ram_delta(2, &sent, |off, buf| {
+                let off = off as usize;
+                buf.copy_from_slice(&now[off..off + buf.len()]);
+                Ok(())
+            })
+            .unwrap()
+        };
+        assert_eq!(delta_of(&sent), None, "nothing changed");
+        let mut now = sent.clone();
+        now[1] = 1; // page 0
+        now[page + 7] = 2; // page 1: merges with page 0
+        now[3 * page] = 3; // page 3, alone
+        now[5 * page + 99] = 4; // the short last page
+        let delta = delta_of(&now).unwrap();
+        assert_eq!(&delta[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        let size = now.len() as u64;
+        let got = runs(&delta, size);
+        let want: Vec<(u64, Vec<u8>)> = [(0, 2 * page), (3 * page, page), (5 * page, 100)]
+            .iter()
+            .map(|&(o, l)| (o as u64, now[o..o + l].to_vec()))
+            .collect();
+        assert_eq!(got, want);
+        // Applying it to what was sent gives what is now.
+        let mut rebuilt = sent.clone();
+        for (o, b) in got {
+            rebuilt[o as usize..o as usize + b.len()].copy_from_slice(&b);
+        }
+        assert_eq!(rebuilt, now);
+    }
+
+    #[test]
+    fn parse_ram_delta_rejects_bad_runs() {
+        let run = |o: u64, l: u64, have: usize| {
+            let mut w = StateWriter::new();
+            w.u32(2).u32(0).u64(o).u64(l).bytes(&vec![1; have]);
+            w.into_vec()
+        };
+        assert_eq!(runs(&run(0, 4, 4), 8), [(0, vec![1; 4])]);
+        assert_eq!(runs(&run(4, 4, 4), 8), [(4, vec![1; 4])], "ends at the end");
+        for (what, p) in [
+            ("past the end", run(5, 4, 4)),
+            ("empty", run(0, 0, 0)),
+            ("overflow", run(u64::MAX, 2, 2)),
+            ("truncated", run(0, 4, 3)),
+            ("short header", vec![2, 0, 0]),
+        ] {
+            assert_eq!(parse_ram_delta(&p, 8).unwrap_err(), Errno::INVAL, "{what}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use uvfio_core::{DmaPerm, GroupId, MigFlags, Registry, SharedMemory};
-use uvfio_drivers::mtty;
+use uvfio_drivers::{dma, mtty};
 use uvfio_user::proto::MigState;
 use uvfio_user::{Client, ClientError, Server, ServerConfig};
 
@@ -151,6 +151,80 @@ fn client_migrates_an_mtty_fifo_between_devices_over_sockets() {
     for d in [a, b, c] {
         mtty::remove(d);
     }
+}
+
+#[test]
+fn ram_bar_written_through_the_clients_mapping_during_precopy_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::default();
+    let server = Server::new(reg.clone(), ServerConfig::new(dir.path().join("s"))).unwrap();
+    let opts = dma::DmaOptions::default();
+    let a = dma::create(&reg, "a", GroupId(1), &opts).unwrap();
+    let b = dma::create(&reg, "b", GroupId(2), &opts).unwrap();
+    let src = Client::connect(server.socket_path("a").unwrap()).unwrap();
+    let dst = Client::connect(server.socket_path("b").unwrap()).unwrap();
+    let bar = u32::from(dma::DMA_RAM_BAR);
+    let view = src.region_info(bar).unwrap().map_area(0).unwrap();
+    view.write_at(0x10, b"written before").unwrap();
+    view.write_at(0x5000, b"untouched page").unwrap();
+
+    dst.set_mig_state(MigState::Resuming).unwrap();
+    src.set_mig_state(MigState::PreCopy).unwrap();
+    let mut pre = Vec::new();
+    loop {
+        let d = src.mig_read(1 << 16).unwrap();
+        pre.extend_from_slice(&d);
+        if d.len() < 1 << 16 {
+            break;
+        }
+    }
+    assert!(
+        pre.len() as u64 > opts.ram_size,
+        "pre-copy carries the RAM BAR ({} bytes)",
+        pre.len()
+    );
+    // The device still runs: its user writes through the mapping, which
+    // the server never sees.
+    view.write_at(0x10, b"written during").unwrap();
+    view.write_at(0x3ffc, b"spans").unwrap();
+    let remaining = src.stop_copy_size().unwrap();
+    src.set_mig_state(MigState::StopCopy).unwrap();
+    let mut rest = Vec::new();
+    loop {
+        let d = src.mig_read(1 << 16).unwrap();
+        rest.extend_from_slice(&d);
+        if d.len() < 1 << 16 {
+            break;
+        }
+    }
+    // Three changed pages (0, 3 and 4) and the fixed sections: far less
+    // than the BAR.
+    assert!(
+        rest.len() < 4 * 4096 + 2048,
+        "stop-copy resends only changed pages ({} bytes)",
+        rest.len()
+    );
+    assert!(
+        remaining < rest.len() as u64,
+        "the estimate counts no change"
+    );
+    for chunk in [pre, rest] {
+        dst.mig_write(&chunk).unwrap();
+    }
+    dst.set_mig_state(MigState::Running).unwrap();
+    src.set_mig_state(MigState::Stop).unwrap();
+
+    let read = |off: u64, n: usize| {
+        let mut v = vec![0u8; n];
+        dst.region_read(bar, off, &mut v).unwrap();
+        v
+    };
+    assert_eq!(read(0x10, 14), b"written during");
+    assert_eq!(read(0x3ffc, 5), b"spans");
+    assert_eq!(read(0x5000, 14), b"untouched page");
+    drop((view, src, dst));
+    server.shutdown();
+    drop((a.unregister(), b.unregister()));
 }
 
 // ---------------------------------------------------------------------------

@@ -80,7 +80,13 @@ impl FunctionMigration for Reg {
 }
 
 fn config(device_id: u16) -> PciConfig {
-    let ram = Arc::new(SharedMemory::new("ram", RAM_SIZE).unwrap());
+    config_with_ram(
+        device_id,
+        Arc::new(SharedMemory::new("ram", RAM_SIZE).unwrap()),
+    )
+}
+
+fn config_with_ram(device_id: u16, ram: Arc<SharedMemory>) -> PciConfig {
     let mut bars: [Option<Bar>; 6] = Default::default();
     bars[0] = Some(Bar::mem32(4096));
     bars[2] = Some(Bar::mem64(RAM_SIZE).with_memory(ram));
@@ -113,11 +119,15 @@ struct Side {
     handle: OpenDevice,
     pci: PciHandle,
     dev: Option<RegisteredDevice<PciDevice<Reg>>>,
+    /// BAR2's memory, as a client's mapping of it sees it.
+    ram: Arc<SharedMemory>,
 }
 
 impl Side {
     fn new(registry: &Registry, name: &str, group: u32, device_id: u16) -> Side {
-        let dev = PciDevice::new(config(device_id), |_| Reg::default()).unwrap();
+        let ram = Arc::new(SharedMemory::new("ram", RAM_SIZE).unwrap());
+        let dev =
+            PciDevice::new(config_with_ram(device_id, ram.clone()), |_| Reg::default()).unwrap();
         let pci = dev.handle();
         let dev = registry
             .init(dev, name, GroupId(group))
@@ -129,6 +139,7 @@ impl Side {
             handle,
             pci,
             dev: Some(dev),
+            ram,
         }
     }
 
@@ -277,10 +288,12 @@ fn config_msix_ram_irq_and_function_state_carry_over_with_precopy() {
     assert_eq!(s.pci.raise(0).unwrap(), Delivery::Signalled);
     assert_eq!(read_eventfd(&fds[0]).unwrap(), 1);
 
+    // What STOP_COPY adds: nothing of the RAM changed since it was sent.
     let expect = s.handle.stop_copy_size().unwrap();
     s.handle.set_mig_state(MigState::StopCopy).unwrap();
-    stream.extend(drain(&s.handle));
-    assert_eq!(stream.len() as u64, expect, "MIG_DATA_SIZE is exact");
+    let rest = drain(&s.handle);
+    assert_eq!(rest.len() as u64, expect, "MIG_DATA_SIZE is exact");
+    stream.extend(rest);
     assert_eq!(s.handle.mig_read(&mut one).unwrap(), 0, "EOF stays EOF");
 
     assert_eq!(resume(&d.handle, &stream).unwrap(), MigState::Running);
@@ -487,7 +500,8 @@ fn corrupt_streams_fail_resume_into_error_and_reset_recovers() {
             .collect();
         f(&mut secs);
         let mut w = StateWriter::new();
-        w.u64(PCI_MIG_MAGIC).u16(1).u16(0).u32(0);
+        w.header(&PCI_MIG_MAGIC.to_le_bytes(), 1, PCI_MIG_VERSION_MINOR)
+            .u32(0);
         for (id, p) in secs {
             w.u32(id).u32(p.len() as u32).bytes(&p);
         }
@@ -550,6 +564,40 @@ fn corrupt_streams_fail_resume_into_error_and_reset_recovers() {
             "ram for the wrong bar",
             rebuild(&|s| s.iter_mut().find(|x| x.0 == SECTION_RAM).unwrap().1[0] = 0),
         ),
+        (
+            "delta past the bar's end",
+            rebuild(&|s| s.push(delta(2, &[(RAM_SIZE - 4, 8, 8)]))),
+        ),
+        (
+            "empty delta run",
+            rebuild(&|s| s.push(delta(2, &[(0, 0, 0)]))),
+        ),
+        (
+            "delta offset overflow",
+            rebuild(&|s| s.push(delta(2, &[(u64::MAX, 1, 1)]))),
+        ),
+        (
+            "truncated delta run",
+            rebuild(&|s| s.push(delta(2, &[(0, 16, 4)]))),
+        ),
+        (
+            "delta for a bar without ram",
+            rebuild(&|s| s.push(delta(0, &[(0, 4, 4)]))),
+        ),
+        (
+            "delta without its ram section",
+            rebuild(&|s| {
+                s.retain(|x| x.0 != SECTION_RAM);
+                s.push(delta(2, &[(0, 4, 4)]));
+            }),
+        ),
+        (
+            "two deltas for one bar",
+            rebuild(&|s| {
+                s.push(delta(2, &[(0, 4, 4)]));
+                s.push(delta(2, &[(8, 4, 4)]));
+            }),
+        ),
     ];
     for (what, stream) in cases {
         assert_eq!(
@@ -574,10 +622,117 @@ fn corrupt_streams_fail_resume_into_error_and_reset_recovers() {
         assert_eq!(d.cfg(), before, "{what}: nothing applied");
     }
 
+    // A delta is applied over its RAM section.
+    let patched = rebuild(&|s| s.push(delta(2, &[(0x1001, 3, 3)])));
+    assert_eq!(resume(&d.handle, &patched).unwrap(), MigState::Running);
+    assert_eq!(d.bar(2, 0x1000, 5), [0, 0xab, 0xab, 0xab, 0]);
+
     // An unknown optional section is skipped.
     let optional = rebuild(&|s| s.push((SECTION_OPTIONAL | 9, vec![1, 2, 3])));
     assert_eq!(resume(&d.handle, &optional).unwrap(), MigState::Running);
     assert_eq!(d.f().value.load(Ordering::SeqCst), 7);
+}
+
+/// A RAM_DELTA section for `bar` with runs `(offset, len, bytes actually
+/// present)`, filled with 0xab.
+fn delta(bar: u32, runs: &[(u64, u64, usize)]) -> (u32, Vec<u8>) {
+    let mut w = StateWriter::new();
+    w.u32(bar).u32(0);
+    for &(offset, len, have) in runs {
+        w.u64(offset).u64(len).bytes(&vec![0xab; have]);
+    }
+    (SECTION_RAM_DELTA, w.into_vec())
+}
+
+#[test]
+fn ram_changed_after_precopy_moves_as_a_delta_of_the_changed_pages() {
+    let reg = Registry::default();
+    let s = Side::new(&reg, "s", 1, 0x10);
+    let d = Side::new(&reg, "d", 2, 0x10);
+    s.program();
+    s.bar_write(2, 0, b"first page, before");
+    s.bar_write(2, 0x1000, b"second page, unchanged");
+
+    s.handle.set_mig_state(MigState::PreCopy).unwrap();
+    let pre = drain(&s.handle);
+    let sections = parse_stream_prefix(&pre);
+    assert_eq!(
+        sections,
+        [SECTION_DEVICE, SECTION_RAM],
+        "pre-copy offers the RAM while the device runs"
+    );
+    // The client keeps writing: through the region (the server sees it)
+    // and through its own mapping (nobody sees it).
+    s.bar_write(2, 0, b"first page, after!");
+    s.ram.write_at(0x20, b"zz").unwrap();
+
+    s.handle.set_mig_state(MigState::StopCopy).unwrap();
+    let rest = drain(&s.handle);
+    let mut stream = pre.clone();
+    stream.extend_from_slice(&rest);
+    let all = parse_stream(&stream).unwrap();
+    let ids: Vec<u32> = all.iter().map(|x| x.id).collect();
+    assert_eq!(
+        ids,
+        [
+            SECTION_DEVICE,
+            SECTION_RAM,
+            SECTION_CONFIG,
+            SECTION_MSIX,
+            SECTION_IRQ,
+            SECTION_RAM_DELTA,
+            SECTION_FUNCTION
+        ]
+    );
+    // Exactly the changed page; the unchanged one is not resent.
+    let d_payload = all[5].payload;
+    let mut r = StateReader::new(d_payload);
+    assert_eq!((r.u32().unwrap(), r.u32().unwrap()), (2, 0));
+    let mut runs = Vec::new();
+    while r.remaining() > 0 {
+        let (off, len) = (r.u64().unwrap(), r.u64().unwrap());
+        r.bytes(len as usize).unwrap();
+        runs.push((off, len));
+    }
+    assert_eq!(runs, [(0, 0x1000)]);
+
+    assert_eq!(resume(&d.handle, &stream).unwrap(), MigState::Running);
+    assert_eq!(d.bar(2, 0, 18), b"first page, after!");
+    assert_eq!(d.bar(2, 0x20, 2), b"zz");
+    assert_eq!(d.bar(2, 0x1000, 22), b"second page, unchanged");
+}
+
+#[test]
+fn precopy_without_changes_sends_no_delta_and_cancel_drops_the_copy() {
+    let reg = Registry::default();
+    let s = Side::new(&reg, "s", 1, 0x10);
+    s.bar_write(2, 0x10, b"still");
+    s.handle.set_mig_state(MigState::PreCopy).unwrap();
+    drain(&s.handle);
+    // Cancelled: back to RUNNING, and a new pre-copy starts from scratch.
+    s.handle.set_mig_state(MigState::Running).unwrap();
+    s.bar_write(2, 0x10, b"again");
+    s.handle.set_mig_state(MigState::PreCopy).unwrap();
+    let pre = drain(&s.handle);
+    s.handle.set_mig_state(MigState::StopCopy).unwrap();
+    let mut stream = pre;
+    stream.extend(drain(&s.handle));
+    let all = parse_stream(&stream).unwrap();
+    assert!(all.iter().all(|x| x.id != SECTION_RAM_DELTA));
+    let ram = all.iter().find(|x| x.id == SECTION_RAM).unwrap();
+    assert_eq!(&ram.payload[8 + 0x10..8 + 0x15], b"again");
+}
+
+/// The section ids of a stream's beginning (no END needed).
+fn parse_stream_prefix(data: &[u8]) -> Vec<u32> {
+    let mut r = StateReader::new(&data[PCI_MIG_HEADER_LEN..]);
+    let mut ids = Vec::new();
+    while r.remaining() > 0 {
+        ids.push(r.u32().unwrap());
+        let len = r.u32().unwrap() as usize;
+        r.bytes(len).unwrap();
+    }
+    ids
 }
 
 #[test]
@@ -630,4 +785,20 @@ fn state_header_checks_magic_and_major_and_accepts_any_minor() {
         Err(Errno::INVAL),
         "truncated"
     );
+}
+
+#[test]
+fn fill_with_appends_in_place_or_nothing() {
+    let mut w = StateWriter::new();
+    w.u8(1);
+    w.fill_with(3, |b| {
+        b.copy_from_slice(b"abc");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        w.fill_with(5, |_| Err(Errno::FAULT)).unwrap_err(),
+        Errno::FAULT
+    );
+    assert_eq!(w.into_vec(), [1, b'a', b'b', b'c']);
 }

@@ -278,12 +278,9 @@ fn transfer(
             plural(stats.pre_rounds, "round")
         ));
     }
-    // MIG_DATA_SIZE estimates the whole stream; pre-copy read part of it.
-    let estimate = src
-        .client
-        .stop_copy_size()
-        .unwrap_or(0)
-        .saturating_sub(stats.pre_bytes);
+    // MIG_DATA_SIZE: what STOP_COPY will still produce (in PRE_COPY, net
+    // of what pre-copy offered), for the progress bar.
+    let estimate = src.client.stop_copy_size().unwrap_or(0);
     let stopped = Instant::now();
     src.set(p, MigState::StopCopy)?;
     let got = drain(src.client, dst.client, chunk, stats, |b, _| {
