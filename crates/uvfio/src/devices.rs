@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use uvfio_core::{DeviceOps, GroupId, RegisteredDevice, Registry, UnregisterOptions};
 
 use crate::control::TypeInfo;
@@ -87,7 +87,10 @@ const TYPES: [(&str, &str); 3] = [
         "gpio",
         "16-in/16-out digital I/O card (loopback=true|false)",
     ),
-    ("dma", "memcpy DMA engine with MSI-X completion"),
+    (
+        "dma",
+        "memcpy DMA engine with MSI-X completion and an mmap-able RAM BAR (ram=4K..1G)",
+    ),
 ];
 
 impl Catalog {
@@ -121,7 +124,7 @@ impl Catalog {
         let allowed: &[&str] = match spec.ty.as_str() {
             "mtty" => &["ports"],
             "gpio" => &["loopback"],
-            "dma" => &[],
+            "dma" => &["ram"],
             other => bail!(
                 "unknown device type {other:?} (known: {})",
                 TYPES.map(|t| t.0).join(", ")
@@ -136,6 +139,9 @@ impl Catalog {
             if p != "1" && p != "2" {
                 bail!("mtty: ports must be 1 or 2, not {p:?}");
             }
+        }
+        if let Some(r) = spec.options.get("ram") {
+            ram_size(r)?;
         }
         if let Some(l) = spec.options.get("loopback") {
             if l != "true" && l != "false" {
@@ -160,5 +166,52 @@ impl Catalog {
     /// The mtty port pool.
     pub fn mtty_pool(&self) -> &uvfio_drivers::mtty::MttyPool {
         &self.mtty_pool
+    }
+}
+
+/// The dma engine's `ram=` option: a size with an optional K/M/G suffix
+/// (powers of 1024), a power of two from 4 KiB to 1 GiB.
+pub fn ram_size(v: &str) -> anyhow::Result<u64> {
+    let (digits, unit) = match v.as_bytes().last() {
+        Some(b'K' | b'k') => (&v[..v.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&v[..v.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .ok()
+        .and_then(|n: u64| n.checked_mul(unit))
+        .with_context(|| format!("dma: ram must be a size like 64K or 16M, not {v:?}"))?;
+    if !n.is_power_of_two() || !(4096..=1 << 30).contains(&n) {
+        bail!("dma: ram must be a power of two from 4K to 1G, not {v:?}");
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ram_size;
+
+    #[test]
+    fn ram_size_takes_powers_of_two_from_4k_to_1g_with_suffixes() {
+        assert_eq!(ram_size("4K").unwrap(), 4096);
+        assert_eq!(ram_size("64k").unwrap(), 64 << 10);
+        assert_eq!(ram_size("16M").unwrap(), 16 << 20);
+        assert_eq!(ram_size("1G").unwrap(), 1 << 30);
+        assert_eq!(ram_size("8192").unwrap(), 8192);
+        for bad in [
+            "",
+            "K",
+            "3K",
+            "2K",
+            "2G",
+            "-4K",
+            "4KB",
+            "99999999999999999999G",
+            "1.5M",
+        ] {
+            assert!(ram_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

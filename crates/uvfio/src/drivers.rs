@@ -48,7 +48,11 @@ pub fn create(
             Box::new(Registered::new(dev, "gpio"))
         }
         "dma" => {
-            let dev = dma::create(registry, name, group, &dma::DmaOptions::default())
+            let mut options = dma::DmaOptions::default();
+            if let Some(r) = opt("ram") {
+                options.ram_size = crate::devices::ram_size(r)?;
+            }
+            let dev = dma::create(registry, name, group, &options)
                 .with_context(|| format!("creating dma {name:?}"))?;
             Box::new(Registered::new(dev, "dma"))
         }
