@@ -153,6 +153,19 @@ fn client_migrates_an_mtty_fifo_between_devices_over_sockets() {
     }
 }
 
+/// Reads the migration stream until a short read: the end of pre-copy's
+/// data for now, or of the stream in STOP_COPY.
+fn read_to_short_read(src: &Client) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let d = src.mig_read(1 << 16).unwrap();
+        out.extend_from_slice(&d);
+        if d.len() < 1 << 16 {
+            return out;
+        }
+    }
+}
+
 #[test]
 fn ram_bar_written_through_the_clients_mapping_during_precopy_arrives() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,14 +183,7 @@ fn ram_bar_written_through_the_clients_mapping_during_precopy_arrives() {
 
     dst.set_mig_state(MigState::Resuming).unwrap();
     src.set_mig_state(MigState::PreCopy).unwrap();
-    let mut pre = Vec::new();
-    loop {
-        let d = src.mig_read(1 << 16).unwrap();
-        pre.extend_from_slice(&d);
-        if d.len() < 1 << 16 {
-            break;
-        }
-    }
+    let pre = read_to_short_read(&src);
     assert!(
         pre.len() as u64 > opts.ram_size,
         "pre-copy carries the RAM BAR ({} bytes)",
@@ -189,14 +195,7 @@ fn ram_bar_written_through_the_clients_mapping_during_precopy_arrives() {
     view.write_at(0x3ffc, b"spans").unwrap();
     let remaining = src.stop_copy_size().unwrap();
     src.set_mig_state(MigState::StopCopy).unwrap();
-    let mut rest = Vec::new();
-    loop {
-        let d = src.mig_read(1 << 16).unwrap();
-        rest.extend_from_slice(&d);
-        if d.len() < 1 << 16 {
-            break;
-        }
-    }
+    let rest = read_to_short_read(&src);
     // Three changed pages (0, 3 and 4) and the fixed sections: far less
     // than the BAR.
     assert!(

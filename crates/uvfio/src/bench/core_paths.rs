@@ -82,16 +82,8 @@ pub fn dma(opts: &Options) -> anyhow::Result<Vec<Row>> {
             },
         );
         for (what, m, base) in [("read", rd, base), ("write", wr, base_w)] {
-            let ratio = base.ns_per_op / m.ns_per_op;
-            rows.push(Row {
-                name: format!("dma {what} {label} vs memcpy (same memory)"),
-                ours: m.ns_per_op,
-                baseline: base.ns_per_op,
-                unit: "ns/op",
-                ratio,
-                goal: ">= 0.90",
-                met: Some(ratio >= 0.9),
-            });
+            let name = format!("dma {what} {label} vs memcpy (same memory)");
+            rows.push(Row::speed(name, m, base, 0.9, ">= 0.90"));
         }
     }
     Ok(rows)

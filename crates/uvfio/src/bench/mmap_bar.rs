@@ -2,13 +2,11 @@
 //! a sparse-mmap area, against the same accesses to plain memory.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use uvfio_core::{GroupId, MmapRegion, Registry};
+use uvfio_core::MmapRegion;
 use uvfio_drivers::dma;
-use uvfio_user::{Client, Server, ServerConfig};
 
+use super::socket_paths::DmaServer;
 use super::{median_pair, Measurement, Options, Row};
 
 /// Bytes of the BAR the accesses walk (half the engine's default RAM BAR).
@@ -24,11 +22,7 @@ const WINDOW: usize = 32 * 1024;
 /// (`read_at`/`write_at`). Both walk the same offsets. Ratio = plain /
 /// mapped (goal ≥ 0.95: once mapped, a BAR is memory).
 pub fn rows(opts: &Options) -> anyhow::Result<Vec<Row>> {
-    let dir = super::socket_paths::tempdir()?;
-    let reg = Registry::default();
-    let server = Server::new(reg.clone(), ServerConfig::new(&dir))?;
-    let dev = dma::create(&reg, "bar0", GroupId(1), &dma::DmaOptions::default())?;
-    let client = Client::connect(server.socket_path("bar0").context("socket")?)?;
+    let (server, client) = DmaServer::start()?;
     let region = client.region_info(u32::from(dma::DMA_RAM_BAR))?;
     anyhow::ensure!(
         !region.sparse_areas().is_empty(),
@@ -127,27 +121,11 @@ pub fn rows(opts: &Options) -> anyhow::Result<Vec<Row>> {
     client.region_read(u32::from(dma::DMA_RAM_BAR), 0, &mut seen)?;
     anyhow::ensure!(seen == [0x5a; 4], "a write through the mapping was lost");
     drop(view);
-    client.shutdown();
-    drop(client);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while dev.open_count() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    drop(dev.unregister());
-    server.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
+    server.stop(client);
     Ok(rows)
 }
 
 fn push(rows: &mut Vec<Row>, what: &str, ours: Measurement, base: Measurement) {
-    let ratio = base.ns_per_op / ours.ns_per_op;
-    rows.push(Row {
-        name: format!("mmap'd BAR {what} vs plain memory"),
-        ours: ours.ns_per_op,
-        baseline: base.ns_per_op,
-        unit: "ns/op",
-        ratio,
-        goal: ">= 0.95",
-        met: Some(ratio >= 0.95),
-    });
+    let name = format!("mmap'd BAR {what} vs plain memory");
+    rows.push(Row::speed(name, ours, base, 0.95, ">= 0.95"));
 }

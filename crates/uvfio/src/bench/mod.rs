@@ -43,6 +43,30 @@ pub struct Row {
     pub met: Option<bool>,
 }
 
+impl Row {
+    /// A row timing the same operation both ways, whose goal is to run
+    /// at `min` or more of the baseline's speed (ratio = baseline time /
+    /// our time; `goal` is how the table prints `min`).
+    fn speed(
+        name: String,
+        ours: Measurement,
+        base: Measurement,
+        min: f64,
+        goal: &'static str,
+    ) -> Row {
+        let ratio = base.ns_per_op / ours.ns_per_op;
+        Row {
+            name,
+            ours: ours.ns_per_op,
+            baseline: base.ns_per_op,
+            unit: "ns/op",
+            ratio,
+            goal,
+            met: Some(ratio >= min),
+        }
+    }
+}
+
 /// Options for a run.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -389,14 +389,10 @@ pub fn in_process(opts: &Options) -> anyhow::Result<Vec<Row>> {
 }
 
 fn in_process_layout(layout: Layout, opts: &Options) -> anyhow::Result<Vec<Row>> {
-    let dir = tempdir()?;
-    let reg = Registry::default();
     // Server threads (acceptor, then the connection thread it spawns)
     // inherit this pinning.
     pin(Some(layout.server_cpu()));
-    let server = Server::new(reg.clone(), ServerConfig::new(&dir))?;
-    let dev = dma::create(&reg, "bench0", GroupId(1), &dma::DmaOptions::default())?;
-    let client = Client::connect(server.socket_path("bench0").context("socket")?)?;
+    let (server, client) = DmaServer::start()?;
     let rows = access_rows(
         layout,
         &client,
@@ -405,18 +401,43 @@ fn in_process_layout(layout: Layout, opts: &Options) -> anyhow::Result<Vec<Row>>
         opts,
     );
     pin(None);
-    client.shutdown();
-    drop(client);
-    // Let the connection thread see the hang-up and release the device, so
-    // unregister need not ask (and log that nobody can be asked).
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while dev.open_count() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    drop(dev.unregister());
-    server.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
+    server.stop(client);
     rows
+}
+
+/// A fresh in-process server with one dma engine (default options) and a
+/// client connected to it.
+pub(super) struct DmaServer {
+    dir: std::path::PathBuf,
+    server: Server,
+    dev: dma::DmaDevice,
+}
+
+impl DmaServer {
+    pub(super) fn start() -> anyhow::Result<(DmaServer, Client)> {
+        let dir = tempdir()?;
+        let reg = Registry::default();
+        let server = Server::new(reg.clone(), ServerConfig::new(&dir))?;
+        let dev = dma::create(&reg, "bench0", GroupId(1), &dma::DmaOptions::default())?;
+        let client = Client::connect(server.socket_path("bench0").context("socket")?)?;
+        Ok((DmaServer { dir, server, dev }, client))
+    }
+
+    /// Disconnects `client`, then takes everything down.
+    pub(super) fn stop(self, client: Client) {
+        client.shutdown();
+        drop(client);
+        // Let the connection thread see the hang-up and release the
+        // device, so unregister need not ask (and log that nobody can be
+        // asked).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.dev.open_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(self.dev.unregister());
+        self.server.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Message-path rows against any server: reads config space (region 7).
