@@ -40,6 +40,8 @@
 #![warn(missing_docs)]
 
 pub mod dma;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpio;
 pub mod mtty;
 

@@ -676,6 +676,36 @@ impl ConfigSpace {
         true
     }
 
+    /// Whether `bytes` can be the whole config space of this function as
+    /// saved by a source: the same size, every bit software cannot write
+    /// (outside the write and write-1-to-clear masks) as declared, except
+    /// the ones the device itself changes (the status register's INTERRUPT
+    /// bit, the MSI pending bits), and no MSI queue size above the
+    /// function's. A migration stream is client input: without this, one
+    /// could rewrite identity registers, BAR size bits or capability
+    /// pointers of the destination.
+    pub fn can_restore(&self, bytes: &[u8]) -> bool {
+        if bytes.len() != self.values.len() {
+            return false;
+        }
+        let mut device_owned = vec![0u8; bytes.len()];
+        device_owned[usize::from(PCI_STATUS)] |= Status::INTERRUPT.bits() as u8;
+        if let Some(at) = self.msi.and_then(|m| m.pending) {
+            let at = usize::from(at);
+            device_owned[at..at + 4].fill(0xff);
+        }
+        let read_only_match = bytes.iter().enumerate().all(|(i, &b)| {
+            let free = self.wmask[i] | self.w1c[i] | device_owned[i];
+            b & !free == self.initial[i] & !free
+        });
+        let msi_ok = self.msi.is_none_or(|m| {
+            let at = usize::from(m.flags);
+            let flags = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+            (flags & PCI_MSI_FLAGS_QSIZE) >> 4 <= (flags & PCI_MSI_FLAGS_QMASK) >> 1
+        });
+        read_only_match && msi_ok
+    }
+
     /// Back to the declared values, keeping what a reset keeps: the BAR
     /// and ROM addresses and the interrupt line (vfio-pci holds them
     /// virtual across resets).

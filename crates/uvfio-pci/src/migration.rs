@@ -12,9 +12,11 @@
 //!   ([`crate::Bar::with_memory`]) and, as one opaque section, the
 //!   function's own state ([`FunctionMigration::save_state`]);
 //! - **validation** on RESUMING → STOP: magic, version, section framing and
-//!   lengths, and the device layout must match, else EINVAL (the core then
-//!   puts the device in ERROR); the function's section is validated by the
-//!   function. Nothing is applied unless everything validated;
+//!   lengths, and the device layout must match (down to every config bit
+//!   software cannot write: [`crate::ConfigSpace::can_restore`]), else
+//!   EINVAL (the core then puts the device in ERROR); the function's
+//!   section is validated by the function. Nothing is applied unless
+//!   everything validated;
 //! - **quiescing**: while the device is stopped (STOP, STOP_COPY, RESUMING,
 //!   and ERROR until reset) [`crate::PciHandle::raise`] latches interrupts
 //!   instead of signalling them and [`crate::PciHandle::dma_read`] /
@@ -711,7 +713,8 @@ impl<F: PciFunction> PciDevice<F> {
         }
 
         let config = config.ok_or(Errno::INVAL)?;
-        if config.len() != self.shared.lock().config.len() {
+        if !self.shared.lock().config.can_restore(config) {
+            tracing::warn!("migration stream's config space does not fit this function");
             return Err(Errno::INVAL);
         }
         let msix = match (self.msix, msix) {

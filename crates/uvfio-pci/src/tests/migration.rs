@@ -565,6 +565,22 @@ fn corrupt_streams_fail_resume_into_error_and_reset_recovers() {
             rebuild(&|s| s.iter_mut().find(|x| x.0 == SECTION_RAM).unwrap().1[0] = 0),
         ),
         (
+            "config: interrupt pin (read-only) changed",
+            rebuild(&|s| config_byte(s, PCI_INTERRUPT_PIN, |b| b ^ 1)),
+        ),
+        (
+            "config: vendor id changed",
+            rebuild(&|s| config_byte(s, PCI_VENDOR_ID, |b| b ^ 0x80)),
+        ),
+        (
+            "config: BAR0 made an I/O BAR",
+            rebuild(&|s| config_byte(s, PCI_BASE_ADDRESS_0, |b| b | 1)),
+        ),
+        (
+            "config: BAR2 address below its size",
+            rebuild(&|s| config_byte(s, PCI_BASE_ADDRESS_0 + 8, |b| b | 0x10)),
+        ),
+        (
             "delta past the bar's end",
             rebuild(&|s| s.push(delta(2, &[(RAM_SIZE - 4, 8, 8)]))),
         ),
@@ -631,6 +647,12 @@ fn corrupt_streams_fail_resume_into_error_and_reset_recovers() {
     let optional = rebuild(&|s| s.push((SECTION_OPTIONAL | 9, vec![1, 2, 3])));
     assert_eq!(resume(&d.handle, &optional).unwrap(), MigState::Running);
     assert_eq!(d.f().value.load(Ordering::SeqCst), 7);
+}
+
+/// Changes byte `off` of the CONFIG section with `f`.
+fn config_byte(s: &mut Sections, off: u16, f: impl Fn(u8) -> u8) {
+    let c = &mut s.iter_mut().find(|x| x.0 == SECTION_CONFIG).unwrap().1;
+    c[usize::from(off)] = f(c[usize::from(off)]);
 }
 
 /// A RAM_DELTA section for `bar` with runs `(offset, len, bytes actually
