@@ -86,17 +86,25 @@ fn snapshot(dev: &OpenDevice) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Appends what the saving stream has now to `out`: up to ENOMSG in
+/// PRE_COPY, to the end in STOP_COPY.
+fn read_stream(dev: &OpenDevice, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match dev.mig_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e == uvfio_core::Errno::NOMSG => return,
+            Err(e) => panic!("mig_read: {e}"),
+        }
+    }
+}
+
 /// RUNNING → STOP_COPY, the whole stream, → STOP → RUNNING.
 fn save(dev: &OpenDevice) -> Vec<u8> {
     dev.set_mig_state(MigState::StopCopy).expect("STOP_COPY");
     let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match dev.mig_read(&mut buf).expect("mig_read") {
-            0 => break,
-            n => out.extend_from_slice(&buf[..n]),
-        }
-    }
+    read_stream(dev, &mut out);
     dev.set_mig_state(MigState::Running).expect("RUNNING");
     out
 }
@@ -149,10 +157,12 @@ pub fn run(data: &[u8]) -> bool {
     true
 }
 
-/// Valid inputs, one per device kind, with state worth carrying: the
-/// fuzzer's starting points.
+/// Valid inputs, one per device kind, with state worth carrying, and one
+/// dma stream saved through PRE_COPY, whose RAM BAR changed after it was
+/// pre-copied (so it has a RAM_DELTA section): the fuzzer's starting
+/// points.
 pub fn seeds() -> Vec<Vec<u8>> {
-    (0..DEVICES)
+    let mut seeds: Vec<Vec<u8>> = (0..DEVICES)
         .map(|kind| {
             let registry = Registry::default();
             let (_src, src) = device(&registry, kind, "src", 1);
@@ -168,5 +178,15 @@ pub fn seeds() -> Vec<Vec<u8>> {
             input.extend_from_slice(&save(&src));
             input
         })
-        .collect()
+        .collect();
+    let registry = Registry::default();
+    let (_src, src) = device(&registry, 3, "src", 1);
+    let mut input = vec![3, 0];
+    src.set_mig_state(MigState::PreCopy).expect("PRE_COPY");
+    read_stream(&src, &mut input);
+    let _ = src.write(2, 0x2000, b"changed after pre-copy");
+    src.set_mig_state(MigState::StopCopy).expect("STOP_COPY");
+    read_stream(&src, &mut input);
+    seeds.push(input);
+    seeds
 }

@@ -64,9 +64,9 @@ fn mutate(input: &mut Vec<u8>, s: &mut u64) {
 #[test]
 fn mig_stream_harness_survives_mutated_streams() {
     let seeds = fuzzing::seeds();
-    assert_eq!(seeds.len(), usize::from(fuzzing::DEVICES));
-    for (kind, s) in seeds.iter().enumerate() {
-        assert!(fuzzing::run(s), "seed for device kind {kind} is accepted");
+    assert!(seeds.len() > usize::from(fuzzing::DEVICES));
+    for (i, s) in seeds.iter().enumerate() {
+        assert!(fuzzing::run(s), "seed {i} is accepted");
     }
     let mut pool = seeds.clone();
     pool.extend(corpus());
