@@ -88,6 +88,37 @@ fn serve_default_set_info_create_remove_and_sigterm_cleanup() {
     );
     assert!(text.contains("ser9"), "{text}");
 
+    // A dma engine with a larger RAM BAR; the size shows in `info`.
+    let big = run(&[
+        "create",
+        "--dir",
+        &d.dir_arg(),
+        "dma",
+        "big",
+        "--opt",
+        "ram=1M",
+    ]);
+    assert!(big.status.success(), "{}", stderr(&big));
+    let info = stdout(&run(&["info", &d.sock_arg("big")]));
+    assert!(
+        info.contains("Region 2: Memory") && info.contains("[size=1M]"),
+        "{info}"
+    );
+    let odd = run(&[
+        "create",
+        "--dir",
+        &d.dir_arg(),
+        "dma",
+        "odd",
+        "--opt",
+        "ram=3M",
+    ]);
+    assert_eq!(odd.status.code(), Some(1));
+    assert!(stderr(&odd).contains("power of two"), "{}", stderr(&odd));
+    assert!(run(&["remove", "--dir", &d.dir_arg(), "big"])
+        .status
+        .success());
+
     let dup = run(&["create", "--dir", &d.dir_arg(), "gpio", "ser9"]);
     assert_eq!(dup.status.code(), Some(1));
     assert!(stderr(&dup).contains("exists"), "{}", stderr(&dup));
