@@ -15,7 +15,7 @@ const WINDOW: usize = 32 * 1024;
 /// 4-byte and 4 KiB reads and writes by a client through its mapping of a
 /// dma engine's RAM BAR, obtained the way any client gets one
 /// (`REGION_INFO` → sparse-mmap area → the fd the server sent → `mmap`,
-/// all through [`Client`]), vs the same accesses, through the same
+/// all through [`uvfio_user::Client`]), vs the same accesses, through the same
 /// accessors, to plain private memory ([`MmapRegion::anonymous`]): the
 /// two sides differ only in the memory. 4 B: one aligned volatile load or
 /// store (`read_u32`/`write_u32`, a register); 4 KiB: a copy
