@@ -12,16 +12,6 @@ use uvfio_drivers::fuzzing;
 
 const MUTATED: usize = 3000;
 
-fn corpus() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/mig_stream");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
-}
-
 /// xorshift64: repeatable mutations without a dependency.
 fn next(s: &mut u64) -> u64 {
     *s ^= *s << 13;
@@ -69,7 +59,7 @@ fn mig_stream_harness_survives_mutated_streams() {
         assert!(fuzzing::run(s), "seed {i} is accepted");
     }
     let mut pool = seeds.clone();
-    pool.extend(corpus());
+    pool.extend(uvfio_testkit::fuzz_corpus("mig_stream"));
     for input in &pool {
         fuzzing::run(input);
     }

@@ -7,6 +7,9 @@
 //! [`MemoryBackend`] is a backend for it that keeps each region in memory
 //! and records what the server asked of it ([`Seen`]).
 //!
+//! [`fuzz_corpus`] reads a fuzz target's committed corpus, for the tests
+//! that replay it on stable.
+//!
 //! This crate does not depend on `uvfio-user`: a test of that crate linking
 //! a second build of it through here would see two copies of its types.
 
@@ -333,4 +336,19 @@ impl vfio_user::ServerBackend for MemoryBackend {
         self.seen.set_irqs.push((index, flags, start, count, fds));
         Ok(())
     }
+}
+
+/// The committed corpus of fuzz target `target` (`fuzz/corpus/TARGET`),
+/// in file-name order; empty if the folder is missing.
+#[must_use]
+pub fn fuzz_corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }

@@ -15,16 +15,6 @@ use uvfio_user::proto;
 const RANDOM: usize = 1000;
 const MUTATED: usize = 2500;
 
-fn corpus() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/session");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
-}
-
 #[test]
 fn session_harness_survives_random_and_mutated_inputs() {
     let opts = Options { check_fds: true };
@@ -51,7 +41,7 @@ fn session_harness_survives_random_and_mutated_inputs() {
         );
     }
     let mut pool = seeds.clone();
-    pool.extend(corpus());
+    pool.extend(uvfio_testkit::fuzz_corpus("session"));
     for input in &pool {
         fuzzing::run_with(input, opts);
     }
