@@ -59,7 +59,9 @@ fn mig_stream_harness_survives_mutated_streams() {
         assert!(fuzzing::run(s), "seed {i} is accepted");
     }
     let mut pool = seeds.clone();
-    pool.extend(uvfio_testkit::fuzz_corpus("mig_stream"));
+    let corpus = uvfio_testkit::fuzz_corpus("mig_stream");
+    assert!(!corpus.is_empty(), "fuzz/corpus/mig_stream is found");
+    pool.extend(corpus);
     for input in &pool {
         fuzzing::run(input);
     }

@@ -41,7 +41,9 @@ fn session_harness_survives_random_and_mutated_inputs() {
         );
     }
     let mut pool = seeds.clone();
-    pool.extend(uvfio_testkit::fuzz_corpus("session"));
+    let corpus = uvfio_testkit::fuzz_corpus("session");
+    assert!(!corpus.is_empty(), "fuzz/corpus/session is found");
+    pool.extend(corpus);
     for input in &pool {
         fuzzing::run_with(input, opts);
     }
