@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use crate::transport::{self, FrameLimits, Message, RecvBuffer, TransportError};
+use crate::transport::{self, FrameLimits, Message, RecvBuffer, TransportError, Wait};
 
 /// Why a channel operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -336,6 +336,21 @@ impl Channel {
     #[must_use]
     pub(crate) fn with_plain_reads(mut self) -> Channel {
         self.plain_reads = true;
+        self
+    }
+
+    /// How reads wait for the next message when the socket has nothing
+    /// (see [`Wait`]).
+    pub(crate) fn with_wait(mut self, wait: Wait) -> Channel {
+        if let Some(rb) = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .rbuf
+            .as_mut()
+        {
+            rb.set_wait(wait);
+        }
         self
     }
 

@@ -31,7 +31,7 @@ use crate::proto::{
     self, Capabilities, Command, DecodeLimits, EncodeError, InvalidMessage, MigrationCaps,
     Negotiated, ProtoError, Reply, Request, Version,
 };
-use crate::transport::{FrameLimits, Message};
+use crate::transport::{FrameLimits, Message, Wait};
 
 mod migration;
 
@@ -51,6 +51,9 @@ pub struct ClientConfig {
     /// legacy `migration` object as QEMU does (servers such as rust-vmm's
     /// always answer with one).
     pub capabilities: Capabilities,
+    /// How a call waits for its reply ([`Wait`]): blocking by default;
+    /// polling lowers round-trip latency for CPU time.
+    pub wait: Wait,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +69,7 @@ impl Default for ClientConfig {
                 }),
                 ..Capabilities::default()
             },
+            wait: Wait::Block,
         }
     }
 }
@@ -75,6 +79,13 @@ impl ClientConfig {
     #[must_use]
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
+        self
+    }
+
+    /// Sets [`ClientConfig::wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
         self
     }
 }
@@ -389,7 +400,8 @@ impl Client {
         let chan = Arc::new(
             Channel::new(sock, frame_limits(&limits, &config), 64 << 20)
                 .with_watchdog()
-                .with_plain_reads(),
+                .with_plain_reads()
+                .with_wait(config.wait),
         );
         crate::watchdog::watch(&chan);
         let mut client = Client {

@@ -27,3 +27,4 @@ mod watchdog;
 pub use channel::ChannelError;
 pub use client::{Client, ClientConfig, ClientError};
 pub use server::{Server, ServerConfig};
+pub use transport::Wait;

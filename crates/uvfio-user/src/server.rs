@@ -214,7 +214,7 @@ use uvfio_core::{
 use crate::channel::{Channel, ChannelError, Incoming, Outgoing};
 use crate::proto::{self, DecodeLimits, Negotiated};
 use crate::session::{Attachment, MessageDmaFactory, Session, SessionConfig, SessionState, Step};
-use crate::transport::{FrameLimits, Message, TransportError};
+use crate::transport::{FrameLimits, Message, TransportError, Wait};
 
 use files::FileId;
 use refuse::Refusals;
@@ -270,6 +270,10 @@ pub struct ServerConfig {
     /// If set, only peers with one of these uids (`SO_PEERCRED`) may
     /// connect; others get `EPERM`.
     pub allowed_uids: Option<Vec<u32>>,
+    /// How a connection thread waits for its client's next request
+    /// ([`Wait`]): blocking by default; polling lowers the latency of a
+    /// busy client for CPU time (see the module docs, *Performance*).
+    pub wait: Wait,
 }
 
 impl ServerConfig {
@@ -292,7 +296,15 @@ impl ServerConfig {
             max_connections: 1024,
             max_msg_size: None,
             allowed_uids: None,
+            wait: Wait::Block,
         }
+    }
+
+    /// Sets [`ServerConfig::wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// Sets [`ServerConfig::grace_period`].
@@ -876,7 +888,8 @@ fn spawn_connection(inner: &Arc<Inner>, name: &str, group: GroupId, sock: OwnedF
     let chan = Arc::new(
         Channel::new(sock, limits, cfg.max_queued_bytes)
             .with_caps(max_held, cfg.max_pending_requests)
-            .with_label(name),
+            .with_label(name)
+            .with_wait(cfg.wait),
     );
     let shared = Arc::new(ConnShared {
         chan,

@@ -250,6 +250,30 @@ pub fn recv_message(
     RecvBuffer::unbuffered().recv(sock, limits, deadline, msg)
 }
 
+/// How a reader waits for the next message to start when the socket has
+/// nothing yet. Polling trades CPU for latency: a wake-up from a blocking
+/// read costs a few µs (much more when it crosses CPUs in a VM: an IPI
+/// through the hypervisor), a non-blocking retry a fraction of one. Only
+/// reads without a deadline poll (the server's command loop, the client's
+/// calls); inside a message the frame timeout rules as always.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wait {
+    /// Block in the receive call: no CPU while idle. The default.
+    #[default]
+    Block,
+    /// Retry without blocking, spinning between tries, for up to this long
+    /// (from the first empty try), then block. For a peer that runs on
+    /// another CPU. Never on one CPU shared with the peer: the spinner
+    /// holds the CPU the peer needs to answer.
+    Spin(Duration),
+    /// Retry without blocking, yielding the CPU (`sched_yield`) between
+    /// tries, for up to this long, then block. For a peer that shares this
+    /// thread's CPU: the yield runs it directly, with no sleep and no
+    /// wake-up. Not across CPUs: yielding with nothing else runnable can
+    /// cost far more than it saves (on the project's VM, milliseconds).
+    Yield(Duration),
+}
+
 /// What is left of `budget` since `started` (all of it before a start).
 fn time_left(started: Option<Instant>, budget: Duration) -> Duration {
     match started {
@@ -288,8 +312,8 @@ struct FdSink<'a> {
 
 /// One `recvmsg` into `buf`, appending any fds to the sink (or, with no
 /// sink, one `recv` with no control buffer). Between messages (`mid` is
-/// `None`) it blocks; inside one, a read that would block waits at most
-/// `mid.left` for more bytes.
+/// `None`) it waits as `wait` says; inside one, a read that would block
+/// waits at most `mid.left` for more bytes.
 ///
 /// This and [`RecvBuffer::recv`] are the per-message path: everything
 /// that is not "read, got bytes" (fds, errors, waits) is in functions out
@@ -301,15 +325,18 @@ fn recv_chunk(
     buf: &mut [u8],
     mid: Option<MidMessage>,
     mut sink: Option<FdSink<'_>>,
+    wait: Wait,
 ) -> Result<usize, TransportError> {
-    let wait = if mid.is_some() {
-        RecvFlags::DONTWAIT
-    } else {
-        RecvFlags::empty()
-    };
+    let mut polling = mid.is_none() && wait != Wait::Block;
+    let mut poll_end = None;
     loop {
+        let flags = if mid.is_some() || polling {
+            RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::empty()
+        };
         let got = match sink.as_mut() {
-            None => rustix::net::recv(sock, &mut *buf, wait).map(|(n, _)| n),
+            None => rustix::net::recv(sock, &mut *buf, flags).map(|(n, _)| n),
             Some(sink) => {
                 // One extra slot: a message carrying more than `max` fds
                 // shows up as `max + 1` fds (or MSG_CTRUNC) instead of
@@ -318,19 +345,39 @@ fn recv_chunk(
                 let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE_MAX];
                 let mut cmsg = RecvAncillaryBuffer::new(&mut space[..space_len]);
                 let mut iov = [IoSliceMut::new(&mut *buf)];
-                rustix::net::recvmsg(sock, &mut iov, &mut cmsg, wait | RecvFlags::CMSG_CLOEXEC).map(
-                    |r| {
+                rustix::net::recvmsg(sock, &mut iov, &mut cmsg, flags | RecvFlags::CMSG_CLOEXEC)
+                    .map(|r| {
                         collect_fds(cmsg, r.flags, sink);
                         r.bytes
-                    },
-                )
+                    })
             }
         };
         match got {
             Ok(n) => return Ok(n),
+            Err(Errno::AGAIN) if polling => polling = poll_again(wait, &mut poll_end),
             Err(e) => recv_failed(sock, e, mid)?,
         }
     }
+}
+
+/// A polling wait found nothing: spins or yields once and returns true to
+/// try again, or false once its budget (counted from the first empty try,
+/// so a read that finds data costs no clock read) is spent.
+#[inline(never)]
+fn poll_again(wait: Wait, end: &mut Option<Instant>) -> bool {
+    let (Wait::Spin(budget) | Wait::Yield(budget)) = wait else {
+        return false;
+    };
+    let now = Instant::now();
+    if now >= *end.get_or_insert(now + budget) {
+        return false;
+    }
+    if matches!(wait, Wait::Yield(_)) {
+        rustix::thread::sched_yield();
+    } else {
+        std::hint::spin_loop();
+    }
+    true
 }
 
 /// Moves the fds a `recvmsg` brought into the sink (closing them all if
@@ -439,6 +486,8 @@ pub struct RecvBuffer {
     /// Read with `recv`, without a control buffer (see
     /// [`RecvBuffer::set_accept_fds`]).
     no_fds: bool,
+    /// How a read waits for a message to start ([`RecvBuffer::set_wait`]).
+    wait: Wait,
 }
 
 /// Read-ahead room kept free for small messages.
@@ -473,6 +522,7 @@ impl RecvBuffer {
             msg_started: None,
             read_ahead,
             no_fds: false,
+            wait: Wait::Block,
         }
     }
 
@@ -503,6 +553,12 @@ impl RecvBuffer {
     /// reply, say). Default `true`.
     pub fn set_accept_fds(&mut self, on: bool) {
         self.no_fds = !on;
+    }
+
+    /// How reads wait for a message to start when nothing is buffered and
+    /// no deadline is given (see [`Wait`]). Default [`Wait::Block`].
+    pub fn set_wait(&mut self, wait: Wait) {
+        self.wait = wait;
     }
 
     /// One `recvmsg` appending to the buffer, towards `want` buffered
@@ -540,7 +596,7 @@ impl RecvBuffer {
             fds: &mut fds,
             rejected: &mut too_many,
         });
-        let n = recv_chunk(sock, &mut self.buf[end..stop], mid, sink)?;
+        let n = recv_chunk(sock, &mut self.buf[end..stop], mid, sink, self.wait)?;
         self.end += n;
         if !fds.is_empty() || too_many {
             self.commit_fds(fds, too_many, max_fds)?;
@@ -1145,6 +1201,35 @@ mod tests {
         assert_eq!(out, [Err(TransportError::Stalled { got: 5, want: 16 })]);
         let out = assert_same(&l, 1, |a| write(a, &frame(32, b"abc"), true));
         assert_eq!(out, [Err(TransportError::Stalled { got: 19, want: 32 })]);
+    }
+
+    #[test]
+    fn polling_waits_read_what_comes_in_time_or_late_and_see_eof() {
+        for wait in [
+            Wait::Spin(Duration::from_millis(20)),
+            Wait::Yield(Duration::from_millis(20)),
+        ] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let mut rb = RecvBuffer::new();
+            rb.set_wait(wait);
+            let limits = FrameLimits::default();
+            let mut m = Message::default();
+            let t = std::thread::spawn(move || {
+                // Within the budget, then well past it (the reader blocks).
+                for (pause, body) in [(1, &b"soon"[..]), (100, &b"late"[..])] {
+                    std::thread::sleep(Duration::from_millis(pause));
+                    send_message(a.as_fd(), &frame(20, body), &[]).unwrap();
+                }
+                a
+            });
+            rb.recv(b.as_fd(), &limits, None, &mut m).unwrap();
+            assert_eq!(m.body, b"soon", "{wait:?}");
+            rb.recv(b.as_fd(), &limits, None, &mut m).unwrap();
+            assert_eq!(m.body, b"late", "{wait:?}");
+            drop(t.join().unwrap());
+            let e = rb.recv(b.as_fd(), &limits, None, &mut m).unwrap_err();
+            assert_eq!(e, TransportError::Closed, "{wait:?}");
+        }
     }
 
     #[test]

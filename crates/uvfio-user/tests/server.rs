@@ -667,3 +667,57 @@ fn client_reply_timeout_fails_the_call_and_closes_the_connection() {
     drop(c);
     let _ = dev.unregister();
 }
+
+/// Polling waits (`Wait::Spin` on both ends, as for a client and server on
+/// different CPUs; `Wait::Yield`, as on one shared CPU) carry the same
+/// traffic as blocking ones: writes and reads round-trip, a budget that
+/// runs out falls back to blocking (the server sits idle longer than it
+/// between the client's calls), and the watchdog still fails an overdue
+/// call while the client polls.
+#[test]
+fn polling_waits_carry_traffic_fall_back_to_blocking_and_still_time_out() {
+    for wait in [
+        uvfio_user::Wait::Spin(Duration::from_micros(200)),
+        uvfio_user::Wait::Yield(Duration::from_micros(200)),
+    ] {
+        let f = fixture(|c| c.wait(wait));
+        let dev = register(&f.registry, "dev0", 1);
+        let c = Client::connect_with(
+            f.server.socket_path("dev0").unwrap(),
+            ClientConfig::default().wait(wait),
+        )
+        .unwrap();
+        for i in 0..500u32 {
+            c.region_write(BAR0, DATA_BUF, &i.to_le_bytes()).unwrap();
+            let mut b = [0u8; 4];
+            c.region_read(BAR0, DATA_BUF, &mut b).unwrap();
+            assert_eq!(u32::from_le_bytes(b), i, "{wait:?}");
+            if i % 100 == 0 {
+                // Longer than both budgets: both ends end up blocking.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop(c);
+        let _ = dev.unregister();
+
+        let slow = f
+            .registry
+            .init(Slow, "slow", GroupId(7))
+            .unwrap()
+            .register()
+            .unwrap();
+        let c = Client::connect_with(
+            f.server.socket_path("slow").unwrap(),
+            ClientConfig::default()
+                .timeout(Duration::from_millis(200))
+                .wait(wait),
+        )
+        .unwrap();
+        let mut b = [0u8; 4];
+        let e = c.region_read(BAR0, 4, &mut b).unwrap_err();
+        assert_eq!(e.errno(), Errno::TIMEDOUT, "{wait:?}: {e}");
+        assert!(c.region_read(BAR0, 0, &mut b).is_err());
+        drop(c);
+        let _ = slow.unregister();
+    }
+}

@@ -24,7 +24,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         uvfio serve                                 # one mtty and one gpio device\n  \
         uvfio serve --dir /tmp/u --device mtty:ser0,ports=2 --device gpio:io0\n  \
-        uvfio serve --config devices.toml --ready-file /tmp/u/ready")]
+        uvfio serve --config devices.toml --ready-file /tmp/u/ready\n  \
+        uvfio serve --poll spin:50us   # clients on other CPUs: lower latency for CPU time")]
     Serve(ServeArgs),
     /// Create a device instance in a running server (like mdev's `create`).
     #[command(after_help = "Example:\n  uvfio create --dir /tmp/u mtty ser1 --opt ports=2")]
@@ -90,6 +91,42 @@ pub struct ServeArgs {
     /// server disconnects it.
     #[arg(long, default_value_t = 5.0)]
     pub grace: f64,
+    /// How connection threads wait for the next request: `block` (no CPU
+    /// while idle), or poll for up to a time before blocking:
+    /// `spin:DURATION` (for clients running on other CPUs) or
+    /// `yield:DURATION` (for clients sharing the server's CPU). DURATION
+    /// is a number with `us` or `ms`, at most 100ms.
+    #[arg(long, default_value = "block", value_parser = parse_wait, value_name = "MODE")]
+    pub poll: uvfio_user::Wait,
+}
+
+/// `--poll`'s value: `block`, `spin:DURATION` or `yield:DURATION`.
+fn parse_wait(s: &str) -> Result<uvfio_user::Wait, String> {
+    use uvfio_user::Wait;
+    let bad = || format!("`{s}` is not block, spin:DURATION or yield:DURATION (e.g. spin:50us)");
+    if s == "block" {
+        return Ok(Wait::Block);
+    }
+    let (mode, time) = s.split_once(':').ok_or_else(bad)?;
+    let (digits, unit) = if let Some(d) = time.strip_suffix("us") {
+        (d, 1u64)
+    } else if let Some(d) = time.strip_suffix("ms") {
+        (d, 1000)
+    } else {
+        return Err(bad());
+    };
+    let us = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&us| us > 0 && us <= 100_000)
+        .ok_or_else(bad)?;
+    let d = std::time::Duration::from_micros(us);
+    match mode {
+        "spin" => Ok(Wait::Spin(d)),
+        "yield" => Ok(Wait::Yield(d)),
+        _ => Err(bad()),
+    }
 }
 
 /// `uvfio create`.
@@ -176,4 +213,43 @@ pub struct MigrateArgs {
     /// Seconds to keep retrying a device that is busy with another client.
     #[arg(long, default_value_t = 5.0)]
     pub wait: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uvfio_user::Wait;
+
+    use super::parse_wait;
+
+    #[test]
+    fn poll_modes_parse_with_a_bounded_duration() {
+        assert_eq!(parse_wait("block"), Ok(Wait::Block));
+        assert_eq!(
+            parse_wait("spin:50us"),
+            Ok(Wait::Spin(Duration::from_micros(50)))
+        );
+        assert_eq!(
+            parse_wait("yield:2ms"),
+            Ok(Wait::Yield(Duration::from_millis(2)))
+        );
+        assert_eq!(
+            parse_wait("spin:100ms"),
+            Ok(Wait::Spin(Duration::from_millis(100)))
+        );
+        for bad in [
+            "",
+            "spin",
+            "spin:",
+            "spin:0us",
+            "spin:101ms",
+            "spin:5s",
+            "nap:5us",
+            "spin:-1us",
+            "yield:1.5ms",
+        ] {
+            assert!(parse_wait(bad).is_err(), "{bad:?}");
+        }
+    }
 }

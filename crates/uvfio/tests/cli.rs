@@ -147,6 +147,7 @@ fn bad_arguments_give_documented_errors() {
     // Usage errors: exit 2.
     assert_eq!(run(&["serve", "--bogus"]).status.code(), Some(2));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(run(&["serve", "--poll", "spin:5s"]).status.code(), Some(2));
     assert_eq!(
         run(&["serve", "--device", "mtty,ports"]).status.code(),
         Some(2)
@@ -273,6 +274,7 @@ fn bench_json_reports_every_row() {
         "message path (same core): 4 B region read",
         "message path (same core): 4 B region write",
         "message path (same core): 4 KiB region read",
+        "  message path (same core, yield-polling): 4 B region read vs ping-pong yield-polling",
         "dma read 4 KiB",
         "dma write 1 MiB",
         "mmap'd BAR read 4 B",
@@ -287,6 +289,7 @@ fn bench_json_reports_every_row() {
     ];
     if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         want.push("message path (two cores): 4 B region read");
+        want.push("  message path (two cores, spin-polling): 4 B region read vs raw ping-pong");
         want.push("scale: 3 clients on 2 CPUs vs on 1 CPU");
     }
     for w in want {

@@ -22,7 +22,7 @@ const WINDOW: usize = 32 * 1024;
 /// (`read_at`/`write_at`). Both walk the same offsets. Ratio = plain /
 /// mapped (goal ≥ 0.95: once mapped, a BAR is memory).
 pub fn rows(opts: &Options) -> anyhow::Result<Vec<Row>> {
-    let (server, client) = DmaServer::start()?;
+    let (server, client) = DmaServer::start(uvfio_user::Wait::Block)?;
     let region = client.region_info(u32::from(dma::DMA_RAM_BAR))?;
     anyhow::ensure!(
         !region.sparse_areas().is_empty(),

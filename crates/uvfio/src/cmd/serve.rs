@@ -175,7 +175,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let server = Server::new(
         registry.clone(),
-        ServerConfig::new(&dir).grace_period(Duration::from_secs_f64(args.grace)),
+        ServerConfig::new(&dir)
+            .grace_period(Duration::from_secs_f64(args.grace))
+            .wait(args.poll),
     )
     .with_context(|| format!("starting the server in {}", dir.display()))?;
     let daemon = Arc::new(Daemon {
