@@ -635,13 +635,9 @@ impl uvfio_core::DeviceOps for Slow {
     }
 }
 
-/// The client waits for replies with no kernel timer; its watchdog still
-/// fails a call whose reply is overdue (ETIMEDOUT, within a tick or so of
-/// the timeout) and closes the connection, so that the late reply cannot
-/// be taken for another request's.
-#[test]
-fn client_reply_timeout_fails_the_call_and_closes_the_connection() {
-    let f = fixture(|c| c);
+/// A registered [`Slow`] device and a client of it whose calls time out
+/// after 200 ms.
+fn slow_client(f: &Fixture, config: ClientConfig) -> (RegisteredDevice<Slow>, Client) {
     let dev = f
         .registry
         .init(Slow, "slow", GroupId(7))
@@ -650,9 +646,20 @@ fn client_reply_timeout_fails_the_call_and_closes_the_connection() {
         .unwrap();
     let c = Client::connect_with(
         f.server.socket_path("slow").unwrap(),
-        ClientConfig::default().timeout(Duration::from_millis(200)),
+        config.timeout(Duration::from_millis(200)),
     )
     .unwrap();
+    (dev, c)
+}
+
+/// The client waits for replies with no kernel timer; its watchdog still
+/// fails a call whose reply is overdue (ETIMEDOUT, within a tick or so of
+/// the timeout) and closes the connection, so that the late reply cannot
+/// be taken for another request's.
+#[test]
+fn client_reply_timeout_fails_the_call_and_closes_the_connection() {
+    let f = fixture(|c| c);
+    let (dev, c) = slow_client(&f, ClientConfig::default());
     let mut b = [0u8; 4];
     c.region_read(BAR0, 0, &mut b).unwrap();
     assert_eq!(b, [0x5a; 4]);
@@ -700,19 +707,7 @@ fn polling_waits_carry_traffic_fall_back_to_blocking_and_still_time_out() {
         drop(c);
         let _ = dev.unregister();
 
-        let slow = f
-            .registry
-            .init(Slow, "slow", GroupId(7))
-            .unwrap()
-            .register()
-            .unwrap();
-        let c = Client::connect_with(
-            f.server.socket_path("slow").unwrap(),
-            ClientConfig::default()
-                .timeout(Duration::from_millis(200))
-                .wait(wait),
-        )
-        .unwrap();
+        let (slow, c) = slow_client(&f, ClientConfig::default().wait(wait));
         let mut b = [0u8; 4];
         let e = c.region_read(BAR0, 4, &mut b).unwrap_err();
         assert_eq!(e.errno(), Errno::TIMEDOUT, "{wait:?}: {e}");
