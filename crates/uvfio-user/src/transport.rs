@@ -257,6 +257,7 @@ pub fn recv_message(
 /// reads without a deadline poll (the server's command loop, the client's
 /// calls); inside a message the frame timeout rules as always.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Wait {
     /// Block in the receive call: no CPU while idle. The default.
     #[default]
