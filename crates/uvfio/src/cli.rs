@@ -95,13 +95,14 @@ pub struct ServeArgs {
     /// while idle), or poll for up to a time before blocking:
     /// `spin:DURATION` (for clients running on other CPUs) or
     /// `yield:DURATION` (for clients sharing the server's CPU). DURATION
-    /// is a number with `us` or `ms`, at most 100ms.
-    #[arg(long, default_value = "block", value_parser = parse_wait, value_name = "MODE")]
-    pub poll: uvfio_user::Wait,
+    /// is a number with `us` or `ms`, at most 100ms. Default: the config
+    /// file's `poll`, else `block`.
+    #[arg(long, value_parser = parse_wait, value_name = "MODE")]
+    pub poll: Option<uvfio_user::Wait>,
 }
 
 /// `--poll`'s value: `block`, `spin:DURATION` or `yield:DURATION`.
-fn parse_wait(s: &str) -> Result<uvfio_user::Wait, String> {
+pub(crate) fn parse_wait(s: &str) -> Result<uvfio_user::Wait, String> {
     use uvfio_user::Wait;
     let bad = || format!("`{s}` is not block, spin:DURATION or yield:DURATION (e.g. spin:50us)");
     if s == "block" {

@@ -65,12 +65,15 @@ pub struct Config {
     pub dir: Option<PathBuf>,
     /// Devices to create at start.
     pub devices: Vec<DeviceSpec>,
+    /// How connection threads wait (`poll = "spin:50us"`, as `--poll`).
+    pub poll: Option<uvfio_user::Wait>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     dir: Option<PathBuf>,
+    poll: Option<String>,
     #[serde(default)]
     device: Vec<DeviceTable>,
 }
@@ -89,6 +92,7 @@ impl Config {
     ///
     /// ```toml
     /// dir = "/run/uvfio"
+    /// poll = "spin:50us"
     /// [[device]]
     /// type = "mtty"
     /// name = "ser0"
@@ -124,9 +128,14 @@ impl Config {
                 options,
             });
         }
+        let poll = file
+            .poll
+            .map(|p| crate::cli::parse_wait(&p).map_err(anyhow::Error::msg))
+            .transpose()?;
         Ok(Config {
             dir: file.dir,
             devices,
+            poll,
         })
     }
 }
@@ -170,6 +179,15 @@ mod tests {
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.devices[0].options["ports"], "2");
         assert_eq!(c.devices[1].options["loopback"], "true");
+        assert_eq!(c.poll, None);
+        let c = Config::parse("poll = \"yield:20us\"").unwrap();
+        assert_eq!(
+            c.poll,
+            Some(uvfio_user::Wait::Yield(std::time::Duration::from_micros(
+                20
+            )))
+        );
+        assert!(Config::parse("poll = \"spin\"").is_err());
         assert!(Config::parse("bogus = 1").is_err());
         assert!(Config::parse("[[device]]\nname = \"x\"").is_err());
     }

@@ -145,6 +145,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .or(config.dir.clone())
         .unwrap_or_else(default_dir);
+    let poll = config.poll;
     let mut specs = config.devices;
     specs.extend(args.devices.iter().cloned());
     if specs.is_empty() {
@@ -177,7 +178,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         registry.clone(),
         ServerConfig::new(&dir)
             .grace_period(Duration::from_secs_f64(args.grace))
-            .wait(args.poll),
+            .wait(args.poll.or(poll).unwrap_or_default()),
     )
     .with_context(|| format!("starting the server in {}", dir.display()))?;
     let daemon = Arc::new(Daemon {
