@@ -3,7 +3,7 @@
 
 fn suite() -> anyhow::Result<Vec<uvfio::bench::Row>> {
     let opts = uvfio::bench::Options::default();
-    let mut rows = uvfio::bench::run_socket(&opts, None)?;
+    let mut rows = uvfio::bench::run_socket(&opts, None, uvfio_user::Wait::Block)?;
     rows.extend(uvfio::bench::run_core(&opts)?);
     rows.extend(uvfio::bench::run_scale(1000, 256, 2.0)?);
     Ok(rows)

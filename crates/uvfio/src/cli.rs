@@ -190,6 +190,10 @@ pub struct BenchArgs {
     /// Seconds each scale measurement runs.
     #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
     pub scale_seconds: f64,
+    /// With --socket: how our client waits for replies (as `serve --poll`);
+    /// a polling client is compared with ping-pongs that poll the same way.
+    #[arg(long, default_value = "block", value_parser = parse_wait, value_name = "MODE", requires = "socket")]
+    pub poll: uvfio_user::Wait,
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {

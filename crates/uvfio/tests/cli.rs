@@ -324,3 +324,40 @@ fn names_time(row: &serde_json::Value) -> bool {
         .as_str()
         .is_some_and(|u| u == "ns/op" || u == "ops/s")
 }
+
+/// A server started with `--poll` serves, and `bench --socket --poll`
+/// measures it with a polling client against polling ping-pongs (reported,
+/// not judged; no CPU rows for a server in another process).
+#[test]
+fn polling_server_and_polling_bench_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        tmp.path(),
+        &["--device", "gpio:gpio0", "--poll", "yield:50us"],
+    );
+    let o = run(&[
+        "bench",
+        "--socket",
+        &d.sock_arg("gpio0"),
+        "--poll",
+        "yield:50us",
+        "--iterations",
+        "100",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).expect("JSON rows");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "  message path (same core, yield-polling): 4 B region read vs ping-pong yield-polling",
+            "  message path (same core, yield-polling): 4 B region read vs raw ping-pong",
+        ]
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r["met"].is_null() && r["ours"].as_f64() > Some(0.0)));
+    let (status, _) = d.stop();
+    assert!(status.success());
+}

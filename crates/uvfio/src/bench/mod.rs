@@ -90,9 +90,15 @@ pub fn run_core(opts: &Options) -> anyhow::Result<Vec<Row>> {
 
 /// Runs the socket benchmarks against a fresh in-process server, or the
 /// message-path ones against `socket`.
-pub fn run_socket(opts: &Options, socket: Option<&std::path::Path>) -> anyhow::Result<Vec<Row>> {
+/// `wait` is how our client waits with `socket` (the in-process run sets
+/// its own).
+pub fn run_socket(
+    opts: &Options,
+    socket: Option<&std::path::Path>,
+    wait: uvfio_user::Wait,
+) -> anyhow::Result<Vec<Row>> {
     match socket {
-        Some(s) => socket_paths::external(s, opts),
+        Some(s) => socket_paths::external(s, opts, wait),
         None => {
             let mut rows = socket_paths::in_process(opts)?;
             rows.extend(mmap_bar::rows(opts)?);

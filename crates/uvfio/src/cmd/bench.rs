@@ -8,7 +8,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opts = Options {
         iterations: args.iterations.max(100),
     };
-    let mut rows = bench::run_socket(&opts, args.socket.as_deref())?;
+    let mut rows = bench::run_socket(&opts, args.socket.as_deref(), args.poll)?;
     if args.socket.is_none() {
         rows.extend(bench::run_core(&opts)?);
         if args.devices > 0 {
