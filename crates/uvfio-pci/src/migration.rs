@@ -647,12 +647,9 @@ impl<F: PciFunction> PciDevice<F> {
     fn stream_limit(&self) -> usize {
         let cfg = self.shared.lock().config.len();
         let ram: u64 = self
-            .bars
-            .iter()
-            .flatten()
-            .filter(|s| s.memory.is_some())
+            .ram_bars()
             // The RAM section, and a delta that may resend every page.
-            .map(|s| 2 * (s.info.size + 16) + s.info.size.div_ceil(RAM_DELTA_PAGE as u64) * 16)
+            .map(|(_, size, _)| 2 * (size + 16) + size.div_ceil(RAM_DELTA_PAGE as u64) * 16)
             .sum();
         let fixed = PCI_MIG_HEADER_LEN + 64 * 1024 + cfg + 2 * MAX_VECTORS as usize * 16;
         usize::try_from(ram)
@@ -942,8 +939,8 @@ impl<F: PciFunction> MigrationOps for PciDevice<F> {
         if let Some(m) = &self.msix {
             n += sh + m.table_len() + m.pba_len();
         }
-        for s in self.bars.iter().flatten().filter(|s| s.memory.is_some()) {
-            n += sh + 8 + s.info.size;
+        for (_, size, _) in self.ram_bars() {
+            n += sh + 8 + size;
         }
         // In PRE_COPY the initial part (header, DEVICE, the RAM copies) is
         // already offered, so STOP_COPY adds the rest: the estimate counts
