@@ -267,8 +267,7 @@ fn bench_json_reports_every_row() {
         "--scale-seconds",
         "0.1",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).expect("JSON rows");
+    let rows = json_rows(&o);
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
     let mut want = vec![
         "message path (same core): 4 B region read",
@@ -318,6 +317,12 @@ fn bench_json_reports_every_row() {
     );
 }
 
+/// The rows a successful `bench --json` printed.
+fn json_rows(o: &Output) -> Vec<serde_json::Value> {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_str(&stdout(o)).expect("JSON rows")
+}
+
 /// A row that times something (its figure cannot be zero).
 fn names_time(row: &serde_json::Value) -> bool {
     row["unit"]
@@ -345,8 +350,7 @@ fn polling_server_and_polling_bench_client() {
         "100",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).expect("JSON rows");
+    let rows = json_rows(&o);
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
     assert_eq!(
         names,
