@@ -175,13 +175,21 @@ impl MmapRegion {
         Ok(())
     }
 
-    /// Reads a little-endian u32 at `offset` with one 4-byte volatile load
-    /// (for doorbell-style registers polled in shared memory).
-    pub fn read_u32(&self, offset: u64) -> Result<u32> {
+    /// The index of a 4-byte register at `offset`: in bounds (FAULT) and
+    /// 4-byte aligned (INVAL).
+    #[inline]
+    fn check_u32(&self, offset: u64) -> Result<usize> {
         let off = self.check(offset, 4)?;
         if off % 4 != 0 {
             return Err(Errno::INVAL);
         }
+        Ok(off)
+    }
+
+    /// Reads a little-endian u32 at `offset` with one 4-byte volatile load
+    /// (for doorbell-style registers polled in shared memory).
+    pub fn read_u32(&self, offset: u64) -> Result<u32> {
+        let off = self.check_u32(offset)?;
         // SAFETY: in bounds and 4-byte aligned (mappings are page aligned).
         let v = unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(off).cast::<u32>()) };
         Ok(u32::from_le(v))
@@ -195,10 +203,7 @@ impl MmapRegion {
         if !self.writable {
             return Err(Errno::PERM);
         }
-        let off = self.check(offset, 4)?;
-        if off % 4 != 0 {
-            return Err(Errno::INVAL);
-        }
+        let off = self.check_u32(offset)?;
         // SAFETY: in bounds, 4-byte aligned (mappings are page aligned)
         // and writable.
         unsafe {
