@@ -276,6 +276,10 @@ impl Channel {
     }
 
     /// Sends whole message(s). A failure closes the channel.
+    // Inlined so that the call and the serving loop issue the syscall from
+    // their own frame: see `crate::transport`, "Where the per-message
+    // syscalls are issued".
+    #[inline(always)]
     pub(crate) fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         let r = {
             let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -389,6 +393,10 @@ impl Channel {
     /// the role back, waking whoever waits for it or for a routed reply.
     /// `plain`: read without a control buffer (the caller checked that
     /// this is allowed, see [`Channel::with_plain_reads`]).
+    // Inlined so that the call and the serving loop issue the syscall from
+    // their own frame: see `crate::transport`, "Where the per-message
+    // syscalls are issued".
+    #[inline(always)]
     fn read_as_leader(
         &self,
         mut rb: Box<RecvBuffer>,
@@ -458,6 +466,10 @@ impl Channel {
 
     /// The next command from the peer, into `msg` (queued ones first).
     /// Replies read on the way are routed to their waiters.
+    // Inlined so that the call and the serving loop issue the syscall from
+    // their own frame: see `crate::transport`, "Where the per-message
+    // syscalls are issued".
+    #[inline(always)]
     pub(crate) fn next_command(&self, msg: &mut Message) -> Result<(), ChannelError> {
         let mut st = self.lock();
         loop {
@@ -543,6 +555,10 @@ impl Channel {
     /// role back with the reply in hand. A call that meets anything else
     /// first registers in `pending` as it hands the role over, in the same
     /// critical section, so whoever reads next can route its reply.
+    ///
+    /// The send and the read are inlined here, so an uncontended call
+    /// returns once after its two syscalls, which is the least a call can
+    /// (see `crate::transport` on what a return after a syscall costs).
     fn call_inner(
         &self,
         req: &Outgoing<'_>,
