@@ -271,6 +271,7 @@ fn bench_json_reports_every_row() {
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
     let mut want = vec![
         "message path (same core): 4 B region read",
+        "  message path (same core): 4 B region read vs fd-capable ping-pong, client in a call",
         "message path (same core): 4 B region write",
         "message path (same core): 4 KiB region read",
         "  message path (same core, yield-polling): 4 B region read vs ping-pong yield-polling",
