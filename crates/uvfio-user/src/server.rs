@@ -61,16 +61,16 @@
 //!   one. On the project's VM the first return after a syscall into an
 //!   older frame costs ~0.5 µs (measured in [`crate::transport`]); issuing
 //!   them from the loop took the one-CPU round trip from 10.9–11.5 to
-//!   10.1–10.7 µs.
+//!   10.0–10.1 µs.
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU takes 1.11–1.21× a raw `send`/`recv` UNIX ping-pong of the
+//!   on one CPU takes 1.20–1.21× a raw `send`/`recv` UNIX ping-pong of the
 //!   same sizes whose syscalls are all inline (goal 1.10×, missed),
-//!   1.03–1.07× a ping-pong whose echo end uses `recvmsg` with a control
-//!   buffer as this server must, and 0.98–1.05× that ping-pong with its
+//!   1.13–1.15× a ping-pong whose echo end uses `recvmsg` with a control
+//!   buffer as this server must, and 1.01–1.03× that ping-pong with its
 //!   client behind a function call, as any client library is: the floor of
-//!   any vfio-user peer here, so what is left is that floor's. On two CPUs
-//!   the cross-CPU wake-ups of this VM (~35–50 µs a round trip) hide it
-//!   (0.90–1.01×). Kernel scheduling adds noise on one CPU: a read frees
+//!   any vfio-user peer here, so nearly all that is left is that floor's.
+//!   On two CPUs the cross-CPU wake-ups of this VM (~35–50 µs a round
+//!   trip) hide it (0.98–1.09×). Kernel scheduling adds noise on one CPU: a read frees
 //!   the skb the peer sent and wakes the peer's socket for write space; a
 //!   peer blocked in `recv` wakes, may preempt, finds nothing and sleeps
 //!   again (ftrace: 2.5–3.1 context switches a round trip). Waiting in
@@ -84,11 +84,11 @@
 //!   CPU) or yielding (peer on the same CPU), and blocks only after. A
 //!   blocking wake-up that crosses CPUs costs ~10 µs on the project's VM
 //!   (an IPI through the hypervisor). With both ends spinning for up to
-//!   50 µs, a two-CPU round trip takes 3.8–7.9 µs instead of 38–57 µs
-//!   (0.10–0.14× the blocking raw ping-pong; 1.05–1.19× a ping-pong that
-//!   spins the same way), and less CPU: 8–13 µs a round trip against
-//!   27–34 µs blocking, since the wake-ups cost more than the spinning.
-//!   Yielding on one CPU: 1.11–1.13× a ping-pong that yields the same way.
+//!   50 µs, a two-CPU round trip takes 3.8–6.3 µs instead of 37–49 µs
+//!   (0.10–0.13× the blocking raw ping-pong; 0.99–1.05× a ping-pong that
+//!   spins the same way), and less CPU: 6–10 µs a round trip against
+//!   30–36 µs blocking, since the wake-ups cost more than the spinning.
+//!   Yielding on one CPU: 1.13–1.14× a ping-pong that yields the same way.
 //!   The price is CPU while a client is between requests: up to the
 //!   budget after each request. Off by default (`uvfio serve --poll`).
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a

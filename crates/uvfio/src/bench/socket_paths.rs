@@ -289,7 +289,7 @@ impl Layout {
 }
 
 /// Ping-pong pairs measured per baseline. Identical ping-pongs land on
-/// different levels, up to ~15 % apart on the project's VM, depending on
+/// different levels, up to ~20 % apart on the project's VM, depending on
 /// where their threads' stacks are mapped (with ASLR off a given layout
 /// repeats its level; README § Performance); each baseline is the fastest
 /// of this many pairs, so a ratio does not depend on that draw and errs
