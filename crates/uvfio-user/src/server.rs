@@ -59,7 +59,7 @@
 //!   `send` are inlined into the loop, and the client's `send` and `recv`
 //!   into its call, so nothing returns between a syscall and the next
 //!   one. On the project's VM the first return after a syscall into an
-//!   older frame costs ~0.5 µs (measured in [`crate::transport`]); issuing
+//!   older frame costs 0.4–1 µs (measured in [`crate::transport`]); issuing
 //!   them from the loop took the one-CPU round trip from 10.9–11.5 to
 //!   10.0–10.1 µs.
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
@@ -1143,7 +1143,7 @@ fn run_connection(inner: &Weak<Inner>, name: &str, group: GroupId, shared: &Arc<
 /// The receive (`next_command`) and the reply (`send`) are inlined into
 /// this loop, so its `recvmsg` and `send` are issued from this frame and
 /// nothing returns between them (see `crate::transport` on why that is
-/// worth ~0.6 µs a round trip on one CPU).
+/// worth 0.6–1 µs a round trip on one CPU).
 fn serve(
     name: &str,
     chan: &Channel,

@@ -45,14 +45,15 @@
 //! and the client's call issue their `recvmsg`/`send` from their own frame.
 //! On the project's VM (AMD Zen 4 guest, SRSO "Safe RET, no microcode") the
 //! first `ret` after a syscall into a frame entered before it costs
-//! 0.4–0.6 µs, a whole-pipeline event rather than a plain mispredict: a
+//! 0.4–1 µs, a whole-pipeline event rather than a plain mispredict: a
 //! non-blocking `recvfrom` + `send` pair takes 1.42 µs issued inline and
 //! 1.83 µs from a one-line non-inlined wrapper (1.85 µs three wrappers
 //! deep; a mispredicted conditional branch after the syscall costs
 //! nothing). A blocking one-CPU ping-pong pays it per side: 8.4 µs with
-//! both ends inline, 9.1 with one end behind a call, 10.0 with both. Code
-//! that returns after each syscall therefore looks ~0.6 µs slower per
-//! side for no extra work; that is most of what earlier measurements here
+//! both ends inline, 9.1 with one end behind a call, 10.0 with both (in
+//! `uvfio bench`, a client behind a call costs ~1 µs). Code that returns
+//! after each syscall therefore looks 0.6–1 µs slower per side for no
+//! extra work; that is most of what earlier measurements here
 //! took for "code placement" (README § Performance). Everything that is
 //! not "bytes moved" (fds, errors, waits) stays out of line, called
 //! *after* the syscall, which costs nothing.

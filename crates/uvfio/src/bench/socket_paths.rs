@@ -40,7 +40,7 @@ enum Flavour {
     /// [`Flavour::FdCapable`] with the client's round trip behind a function
     /// call, as any client library has it: after its `recv` it returns to
     /// the caller's loop. On the project's VM the first `ret` after a
-    /// syscall costs ~0.6 µs (`uvfio_user::transport`, "Where the
+    /// syscall costs 0.6–1 µs (`uvfio_user::transport`, "Where the
     /// per-message syscalls are issued"), so this is the floor a vfio-user
     /// client and server can reach there.
     FdCapableCall,
@@ -65,7 +65,7 @@ impl Flavour {
 
 // The ping-pongs' helpers are inlined into their loops, so that every
 // baseline issues its syscalls from the loop's own frame whatever the
-// compiler decides (a return after a syscall costs ~0.6 µs on the
+// compiler decides (a return after a syscall costs 0.6–1 µs on the
 // project's VM; see `uvfio_user::transport`); `FdCapableCall` adds one
 // such return on purpose.
 
