@@ -375,15 +375,23 @@ fn recv_chunk(
         };
         match got {
             Ok(n) => return Ok(n),
-            Err(Errno::AGAIN) if polling => polling = poll_again(wait, &mut poll_end),
+            Err(Errno::AGAIN) if polling => {
+                polling = poll_again(wait, &mut poll_end);
+                // Yielded here, not in `poll_again`: a return right after
+                // the syscall would cost more than the yield (module docs).
+                if polling && matches!(wait, Wait::Yield(_)) {
+                    rustix::thread::sched_yield();
+                }
+            }
             Err(e) => recv_failed(sock, e, mid)?,
         }
     }
 }
 
-/// A polling wait found nothing: spins or yields once and returns true to
-/// try again, or false once its budget (counted from the first empty try,
-/// so a read that finds data costs no clock read) is spent.
+/// A polling wait found nothing: returns true to try again (after a spin
+/// hint; a yielding caller yields itself), or false once its budget
+/// (counted from the first empty try, so a read that finds data costs no
+/// clock read) is spent.
 #[inline(never)]
 fn poll_again(wait: Wait, end: &mut Option<Instant>) -> bool {
     let (Wait::Spin(budget) | Wait::Yield(budget)) = wait else {
@@ -393,9 +401,7 @@ fn poll_again(wait: Wait, end: &mut Option<Instant>) -> bool {
     if now >= *end.get_or_insert(now + budget) {
         return false;
     }
-    if matches!(wait, Wait::Yield(_)) {
-        rustix::thread::sched_yield();
-    } else {
+    if matches!(wait, Wait::Spin(_)) {
         std::hint::spin_loop();
     }
     true

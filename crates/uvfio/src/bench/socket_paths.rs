@@ -85,6 +85,7 @@ fn recv_exact(sock: &UnixStream, buf: &mut [u8]) -> bool {
 /// `recv` until `buf` is full, waiting as `wait` says (the same policy as
 /// the transport's, so that the polling rows compare like with like);
 /// false on EOF or error.
+#[inline(always)]
 fn recv_exact_polled(sock: &UnixStream, buf: &mut [u8], wait: Wait) -> bool {
     let (Wait::Spin(budget) | Wait::Yield(budget)) = wait else {
         return recv_exact(sock, buf);
