@@ -84,11 +84,13 @@
 //!   CPU) or yielding (peer on the same CPU), and blocks only after. A
 //!   blocking wake-up that crosses CPUs costs ~10 µs on the project's VM
 //!   (an IPI through the hypervisor). With both ends spinning for up to
-//!   50 µs, a two-CPU round trip takes 3.8–6.3 µs instead of 37–49 µs
-//!   (0.10–0.13× the blocking raw ping-pong; 0.99–1.05× a ping-pong that
-//!   spins the same way), and less CPU: 6–10 µs a round trip against
-//!   30–36 µs blocking, since the wake-ups cost more than the spinning.
-//!   Yielding on one CPU: 1.13–1.14× a ping-pong that yields the same way.
+//!   50 µs, a two-CPU round trip takes 3.7–4.2 µs instead of 37–44 µs
+//!   (0.09–0.11× the blocking raw ping-pong; 1.30–1.32× a ping-pong that
+//!   spins the same way with every syscall inline), and less CPU: 6–7 µs
+//!   a round trip against 30–36 µs blocking, since the wake-ups cost more
+//!   than the spinning. Yielding on one CPU: 8.8–8.9 µs, 1.05–1.06× the
+//!   *blocking* raw ping-pong (the reader yields from its receive loop,
+//!   not from a helper that would return right after the syscall).
 //!   The price is CPU while a client is between requests: up to the
 //!   budget after each request. Off by default (`uvfio serve --poll`).
 //! - **Scale.** 1,000 registered devices cost 3.7 KiB resident each and a
