@@ -70,13 +70,13 @@
 //!   client behind a function call, as any client library is: the floor of
 //!   any vfio-user peer here, so nearly all that is left is that floor's.
 //!   On two CPUs the cross-CPU wake-ups of this VM (~35–50 µs a round
-//!   trip) hide it (0.98–1.09×). Kernel scheduling adds noise on one CPU: a read frees
-//!   the skb the peer sent and wakes the peer's socket for write space; a
-//!   peer blocked in `recv` wakes, may preempt, finds nothing and sleeps
-//!   again (ftrace: 2.5–3.1 context switches a round trip). Waiting in
-//!   `poll(POLLIN)` avoids those wake-ups but adds a syscall: 3 % better
-//!   on one CPU, 30–60 % worse on two, so it is not done. README
-//!   § Performance has the table and the rest.
+//!   trip) hide it (0.98–1.09×). Kernel scheduling adds noise on one CPU:
+//!   a read frees the skb the peer sent and wakes the peer's socket for
+//!   write space; a peer blocked in `recv` wakes, may preempt, finds
+//!   nothing and sleeps again (ftrace: 2.5–3.1 context switches a round
+//!   trip). Waiting in `poll(POLLIN)` avoids those wake-ups but adds a
+//!   syscall: 3 % better on one CPU, 30–60 % worse on two, so it is not
+//!   done. README § Performance has the table and the rest.
 //! - **Polling (opt-in).** [`ServerConfig::wait`] and
 //!   [`ClientConfig::wait`](crate::ClientConfig::wait) take a
 //!   [`Wait`]: instead of blocking at once, a reader retries a

@@ -75,9 +75,8 @@ pub fn rows(opts: &Options) -> anyhow::Result<Vec<Row>> {
     let it = (iters / 20).max(100);
     let bulk_at = |i: u32| ((i as usize * 64) % (WINDOW - BULK)) as u64;
     // Both sides copy into page-aligned buffers: a copy's speed depends on
-    // where its destination starts within a page (a heap buffer 16 bytes
-    // off a cache line made one side 10–20 % slower, by the draw of the
-    // allocator).
+    // where its destination starts, and two heap buffers (aligned however
+    // the allocator placed them) swung this ratio 0.77–1.08 between builds.
     let mut bufs = vec![0u8; 3 * BULK];
     let skip = bufs.as_ptr().align_offset(BULK);
     let (buf, buf2) = bufs[skip..skip + 2 * BULK].split_at_mut(BULK);
