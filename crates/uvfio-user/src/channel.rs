@@ -621,6 +621,7 @@ impl Channel {
                 }
                 if ours {
                     self.end_call(&mut st, id);
+                    transport::refill_return_stack();
                     return Ok(());
                 }
                 match r {

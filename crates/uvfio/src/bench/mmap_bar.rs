@@ -124,7 +124,7 @@ pub fn rows(opts: &Options) -> anyhow::Result<Vec<Row>> {
     client.region_read(u32::from(dma::DMA_RAM_BAR), 0, &mut seen)?;
     anyhow::ensure!(seen == [0x5a; 4], "a write through the mapping was lost");
     drop(view);
-    server.stop(client);
+    server.stop([client]);
     Ok(rows)
 }
 

@@ -289,25 +289,37 @@ impl Layout {
     }
 }
 
-/// Ping-pong pairs measured per baseline. Identical ping-pongs land on
+/// Client/server pairs measured per side. Identical ping-pongs land on
 /// different levels, up to ~20 % apart on the project's VM, depending on
 /// where their threads' stacks are mapped (with ASLR off a given layout
-/// repeats its level; README § Performance); each baseline is the fastest
-/// of this many pairs, so a ratio does not depend on that draw and errs
-/// against us.
+/// repeats its level; README § Performance), and our client and
+/// connection threads do the same; each side of a comparison is the
+/// fastest of this many pairs (ping-pongs, or our clients each with a
+/// connection of its own), so a ratio does not depend on that draw.
 const PAIRS: usize = 3;
 
-/// Ours vs ping-pongs of each of `flavours`, all in alternating batches:
-/// `(ours, baselines in the order given)`, each baseline the fastest of
-/// [`PAIRS`] ping-pongs of its flavour.
+/// One workload of a comparison: `n` round trips.
+type Work<'a> = Box<dyn FnMut(u32) + 'a>;
+
+/// The fastest of `m`, by wall time.
+fn fastest(m: &[Measurement]) -> Option<Measurement> {
+    m.iter()
+        .copied()
+        .min_by(|a, b| a.ns_per_op.total_cmp(&b.ns_per_op))
+}
+
+/// Ours (the fastest of `ours`, one workload per client) vs ping-pongs of
+/// each of `flavours` (each the fastest of [`PAIRS`] pairs), all in
+/// alternating batches: `(ours, baselines in the order given)`.
 fn versus(
     layout: Layout,
     req: usize,
     rep: usize,
     iters: u32,
     flavours: &[Flavour],
-    mut ours: impl FnMut(u32),
+    mut ours: Vec<Work<'_>>,
 ) -> anyhow::Result<(Measurement, Vec<Measurement>)> {
+    anyhow::ensure!(!ours.is_empty(), "no client to measure");
     pin(Some(layout.server_cpu()));
     let pps: Vec<_> = flavours
         .iter()
@@ -320,22 +332,18 @@ fn versus(
         .iter_mut()
         .map(|pp| move |n| pp.round_trips(n))
         .collect();
-    let mut work: Vec<&mut dyn FnMut(u32)> = vec![&mut ours];
+    let n_ours = ours.len();
+    let mut work: Vec<&mut dyn FnMut(u32)> = ours
+        .iter_mut()
+        .map(|f| &mut **f as &mut dyn FnMut(u32))
+        .collect();
     work.extend(bases.iter_mut().map(|f| f as &mut dyn FnMut(u32)));
-    let mut m = median_group(15, batch, &mut work);
+    let m = median_group(15, batch, &mut work);
     drop(work);
     drop(bases);
-    let ours = m.remove(0);
-    let fastest = m
-        .chunks(PAIRS)
-        .filter_map(|pairs| {
-            pairs
-                .iter()
-                .copied()
-                .min_by(|a, b| a.ns_per_op.total_cmp(&b.ns_per_op))
-        })
-        .collect();
-    Ok((ours, fastest))
+    let (mine, theirs) = m.split_at(n_ours);
+    let ours = fastest(mine).context("no measurement of ours")?;
+    Ok((ours, theirs.chunks(PAIRS).filter_map(fastest).collect()))
 }
 
 /// How [`rows`] reports a comparison.
@@ -407,7 +415,7 @@ fn compare(
     (req, rep): (usize, usize),
     iters: u32,
     flavours: &[Flavour],
-    ours: impl FnMut(u32),
+    ours: Vec<Work<'_>>,
 ) -> anyhow::Result<Vec<Row>> {
     let (ours, bases) = versus(layout, req, rep, iters, flavours, ours)?;
     let bases: Vec<_> = flavours.iter().copied().zip(bases).collect();
@@ -418,23 +426,25 @@ fn compare(
     Ok(rows(layout, what, ours, &bases, report))
 }
 
-/// Region access round trips against `client` on region `index` (which must
-/// be at least 4 KiB for the 4 KiB row, else that row is skipped).
+/// Region access round trips through each of `clients` on region `index`
+/// of its device (which must be at least 4 KiB for the 4 KiB row, else
+/// that row is skipped); ours is the fastest client.
 fn access_rows(
     layout: Layout,
-    client: &Client,
+    clients: &[Client],
     index: u32,
     region_size: u64,
     opts: &Options,
 ) -> anyhow::Result<Vec<Row>> {
     let iters = opts.iterations;
     let mut out = Vec::new();
-    let mut b4 = [0u8; 4];
-    client
-        .region_read(index, 0, &mut b4)
-        .context("probe read")?;
+    for client in clients {
+        client
+            .region_read(index, 0, &mut [0u8; 4])
+            .context("probe read")?;
+    }
     // The 4 B read also against the other plain ping-pong, the floor of a
-    // server that takes fds, and that floor with a client library's
+    // server that takes fds, and that ping-pong with a client library's
     // return; the rest against the goal's baseline.
     let all = [
         Flavour::SendRecv,
@@ -449,44 +459,56 @@ fn access_rows(
         (ACCESS, ACCESS + 4),
         iters,
         &all,
-        |n| {
-            for _ in 0..n {
-                client.region_read(index, 0, &mut b4).expect("region read");
-                black_box(&b4);
-            }
-        },
+        reads(clients, index, 4),
     )?);
+    let writes = clients
+        .iter()
+        .map(|client| {
+            Box::new(move |n: u32| {
+                for _ in 0..n {
+                    client
+                        .region_write(index, 0, &[0u8; 4])
+                        .expect("region write");
+                }
+            }) as Work<'_>
+        })
+        .collect();
     out.extend(compare(
         layout,
         "4 B region write",
         (ACCESS + 4, ACCESS),
         iters,
         &goal,
-        |n| {
-            for _ in 0..n {
-                client.region_write(index, 0, &b4).expect("region write");
-            }
-        },
+        writes,
     )?);
     if region_size >= 4096 {
-        let mut page = vec![0u8; 4096];
         out.extend(compare(
             layout,
             "4 KiB region read",
             (ACCESS, ACCESS + 4096),
             iters / 2,
             &goal,
-            |n| {
-                for _ in 0..n {
-                    client
-                        .region_read(index, 0, &mut page)
-                        .expect("region read");
-                    black_box(&page);
-                }
-            },
+            reads(clients, index, 4096),
         )?);
     }
     Ok(out)
+}
+
+/// One workload per client: `n` reads of `len` bytes at offset 0 of
+/// region `index`.
+fn reads(clients: &[Client], index: u32, len: usize) -> Vec<Work<'_>> {
+    clients
+        .iter()
+        .map(|client| {
+            let mut buf = vec![0u8; len];
+            Box::new(move |n: u32| {
+                for _ in 0..n {
+                    client.region_read(index, 0, &mut buf).expect("region read");
+                    black_box(&buf);
+                }
+            }) as Work<'_>
+        })
+        .collect()
 }
 
 /// Message-path rows against a fresh in-process server serving a dma
@@ -518,26 +540,25 @@ fn polled_rows(layout: Layout, opts: &Options) -> anyhow::Result<Vec<Row>> {
         Layout::TwoCores => Wait::Spin(POLL_BUDGET),
     };
     pin(Some(layout.server_cpu()));
-    let (server, client) = DmaServer::start(wait)?;
+    let (server, clients) = DmaServer::start_many(wait, PAIRS)?;
     let index = u32::from(dma::DMA_RAM_BAR);
-    let rows = polled_read_rows(layout, &client, index, wait, true, opts);
+    let rows = polled_read_rows(layout, &clients, index, wait, true, opts);
     pin(None);
-    server.stop(client);
+    server.stop(clients);
     rows
 }
 
-/// 4 B reads of region `index` through `client` (which waits as `wait`
-/// says) against a ping-pong polling the same way and the blocking one;
-/// reported, not judged (`cpu`: the server is in this process).
+/// 4 B reads of region `index` through each of `clients` (which wait as
+/// `wait` says) against a ping-pong polling the same way and the blocking
+/// one; reported, not judged (`cpu`: the server is in this process).
 fn polled_read_rows(
     layout: Layout,
-    client: &Client,
+    clients: &[Client],
     index: u32,
     wait: Wait,
     cpu: bool,
     opts: &Options,
 ) -> anyhow::Result<Vec<Row>> {
-    let mut b4 = [0u8; 4];
     let flavours = [Flavour::Polled(wait), Flavour::SendRecv];
     let (ours, bases) = versus(
         layout,
@@ -545,12 +566,7 @@ fn polled_read_rows(
         ACCESS + 4,
         opts.iterations,
         &flavours,
-        |n| {
-            for _ in 0..n {
-                client.region_read(index, 0, &mut b4).expect("region read");
-                black_box(&b4);
-            }
-        },
+        reads(clients, index, 4),
     )?;
     let bases: Vec<_> = flavours.into_iter().zip(bases).collect();
     let report = Report { judged: false, cpu };
@@ -558,56 +574,79 @@ fn polled_read_rows(
 }
 
 fn in_process_layout(layout: Layout, opts: &Options) -> anyhow::Result<Vec<Row>> {
-    // Server threads (acceptor, then the connection thread it spawns)
+    // Server threads (acceptor, then the connection threads it spawns)
     // inherit this pinning.
     pin(Some(layout.server_cpu()));
-    let (server, client) = DmaServer::start(Wait::Block)?;
+    let (server, clients) = DmaServer::start_many(Wait::Block, PAIRS)?;
     let rows = access_rows(
         layout,
-        &client,
+        &clients,
         u32::from(dma::DMA_RAM_BAR),
         dma::DmaOptions::default().ram_size,
         opts,
     );
     pin(None);
-    server.stop(client);
+    server.stop(clients);
     rows
 }
 
-/// A fresh in-process server with one dma engine (default options) and a
-/// client connected to it.
+/// A fresh in-process server with dma engines (default options), each
+/// with a client connected to it.
 pub(super) struct DmaServer {
     dir: std::path::PathBuf,
     server: Server,
-    dev: dma::DmaDevice,
+    devs: Vec<dma::DmaDevice>,
 }
 
 impl DmaServer {
-    /// Server and client both wait as `wait` says.
+    /// One engine and its client; server and client both wait as `wait`
+    /// says.
     pub(super) fn start(wait: Wait) -> anyhow::Result<(DmaServer, Client)> {
+        let (server, mut clients) = DmaServer::start_many(wait, 1)?;
+        let client = clients.pop().context("no client")?;
+        Ok((server, client))
+    }
+
+    /// `n` engines, each with a client of its own (a connection thread
+    /// each).
+    pub(super) fn start_many(wait: Wait, n: usize) -> anyhow::Result<(DmaServer, Vec<Client>)> {
         let dir = tempdir()?;
         let reg = Registry::default();
         let server = Server::new(reg.clone(), ServerConfig::new(&dir).wait(wait))?;
-        let dev = dma::create(&reg, "bench0", GroupId(1), &dma::DmaOptions::default())?;
-        let client = Client::connect_with(
-            server.socket_path("bench0").context("socket")?,
-            ClientConfig::default().wait(wait),
-        )?;
-        Ok((DmaServer { dir, server, dev }, client))
+        let mut devs = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..n {
+            let name = format!("bench{i}");
+            let group = GroupId(u32::try_from(i).unwrap_or(u32::MAX).saturating_add(1));
+            devs.push(dma::create(
+                &reg,
+                &name,
+                group,
+                &dma::DmaOptions::default(),
+            )?);
+            clients.push(Client::connect_with(
+                server.socket_path(&name).context("socket")?,
+                ClientConfig::default().wait(wait),
+            )?);
+        }
+        Ok((DmaServer { dir, server, devs }, clients))
     }
 
-    /// Disconnects `client`, then takes everything down.
-    pub(super) fn stop(self, client: Client) {
-        client.shutdown();
-        drop(client);
-        // Let the connection thread see the hang-up and release the
-        // device, so unregister need not ask (and log that nobody can be
+    /// Disconnects `clients`, then takes everything down.
+    pub(super) fn stop(self, clients: impl IntoIterator<Item = Client>) {
+        for client in clients {
+            client.shutdown();
+        }
+        // Let the connection threads see the hang-up and release the
+        // devices, so unregister need not ask (and log that nobody can be
         // asked).
         let deadline = Instant::now() + Duration::from_secs(1);
-        while self.dev.open_count() > 0 && Instant::now() < deadline {
+        while self.devs.iter().any(|d| d.open_count() > 0) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        drop(self.dev.unregister());
+        for dev in self.devs {
+            drop(dev.unregister());
+        }
         self.server.shutdown();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -628,9 +667,29 @@ pub fn external(socket: &Path, opts: &Options, wait: Wait) -> anyhow::Result<Vec
     // baselines put their echo end on another CPU (spinning on one CPU
     // would starve it).
     let rows = match wait {
-        Wait::Block => access_rows(Layout::SameCore, &client, 7, size, opts),
-        Wait::Spin(_) => polled_read_rows(Layout::TwoCores, &client, 7, wait, false, opts),
-        _ => polled_read_rows(Layout::SameCore, &client, 7, wait, false, opts),
+        Wait::Block => access_rows(
+            Layout::SameCore,
+            std::slice::from_ref(&client),
+            7,
+            size,
+            opts,
+        ),
+        Wait::Spin(_) => polled_read_rows(
+            Layout::TwoCores,
+            std::slice::from_ref(&client),
+            7,
+            wait,
+            false,
+            opts,
+        ),
+        _ => polled_read_rows(
+            Layout::SameCore,
+            std::slice::from_ref(&client),
+            7,
+            wait,
+            false,
+            opts,
+        ),
     };
     client.shutdown();
     rows
