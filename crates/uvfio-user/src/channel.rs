@@ -557,8 +557,9 @@ impl Channel {
     /// critical section, so whoever reads next can route its reply.
     ///
     /// The send and the read are inlined here, so an uncontended call
-    /// returns once after its two syscalls, which is the least a call can
-    /// (see `crate::transport` on what a return after a syscall costs).
+    /// returns once after its two syscalls, which is the least a call can,
+    /// and refills the return stack before it does (see `crate::transport`
+    /// on what a return after a syscall costs).
     fn call_inner(
         &self,
         req: &Outgoing<'_>,
@@ -621,6 +622,7 @@ impl Channel {
                 }
                 if ours {
                     self.end_call(&mut st, id);
+                    // Returning to the caller next: see `refill_return_stack`.
                     transport::refill_return_stack();
                     return Ok(());
                 }

@@ -58,19 +58,21 @@
 //! - **Where the syscalls are issued.** The serving loop's `recvmsg` and
 //!   `send` are inlined into the loop, and the client's `send` and `recv`
 //!   into its call, so nothing returns between a syscall and the next
-//!   one. On the project's VM the first return after a syscall into an
-//!   older frame costs 0.4–1 µs (measured in [`crate::transport`]); issuing
-//!   them from the loop took the one-CPU round trip from 10.9–11.5 to
-//!   10.0–10.1 µs.
+//!   one; the client refills the CPU's return stack before its call
+//!   returns. On the project's VM the first return after a syscall that
+//!   uses a return-stack entry the kernel left costs 0.4–1 µs (measured
+//!   in [`crate::transport`]); the two changes took the one-CPU round trip
+//!   from 10.9–11.5 to 9.3–10.1 µs.
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU takes 1.20–1.21× a raw `send`/`recv` UNIX ping-pong of the
-//!   same sizes whose syscalls are all inline (goal 1.10×, missed),
-//!   1.13–1.15× a ping-pong whose echo end uses `recvmsg` with a control
-//!   buffer as this server must, and 1.01–1.03× that ping-pong with its
-//!   client behind a function call, as any client library is: the floor of
-//!   any vfio-user peer here, so nearly all that is left is that floor's.
+//!   on one CPU takes 1.04–1.11× a raw `send`/`recv` UNIX ping-pong of the
+//!   same sizes whose syscalls are all inline (goal 1.10×: met in 7 of 9
+//!   runs; the ping-pong's own level moves 8.3–9.6 µs with the address
+//!   layout, and against its fastest level seen, 8.3 µs, ours is
+//!   1.11–1.15×), 1.07–1.08× a ping-pong whose echo end uses `recvmsg`
+//!   with a control buffer as this server must, and 0.99–1.00× that
+//!   ping-pong with its client returning after each round trip.
 //!   On two CPUs the cross-CPU wake-ups of this VM (~35–50 µs a round
-//!   trip) hide it (0.98–1.09×). Kernel scheduling adds noise on one CPU:
+//!   trip) hide it (0.97–1.00×). Kernel scheduling adds noise on one CPU:
 //!   a read frees the skb the peer sent and wakes the peer's socket for
 //!   write space; a peer blocked in `recv` wakes, may preempt, finds
 //!   nothing and sleeps again (ftrace: 2.5–3.1 context switches a round
@@ -84,11 +86,11 @@
 //!   CPU) or yielding (peer on the same CPU), and blocks only after. A
 //!   blocking wake-up that crosses CPUs costs ~10 µs on the project's VM
 //!   (an IPI through the hypervisor). With both ends spinning for up to
-//!   50 µs, a two-CPU round trip takes 3.7–4.2 µs instead of 37–44 µs
-//!   (0.09–0.11× the blocking raw ping-pong; 1.30–1.32× a ping-pong that
+//!   50 µs, a two-CPU round trip takes 3.6–3.9 µs instead of 37–38 µs
+//!   (0.09–0.10× the blocking raw ping-pong; 1.21–1.25× a ping-pong that
 //!   spins the same way with every syscall inline), and less CPU: 6–7 µs
 //!   a round trip against 30–36 µs blocking, since the wake-ups cost more
-//!   than the spinning. Yielding on one CPU: 8.8–8.9 µs, 1.05–1.06× the
+//!   than the spinning. Yielding on one CPU: 8.0–8.2 µs, 0.97–0.98× the
 //!   *blocking* raw ping-pong (the reader yields from its receive loop,
 //!   not from a helper that would return right after the syscall).
 //!   The price is CPU while a client is between requests: up to the

@@ -41,8 +41,9 @@ enum Flavour {
     /// call, as any client library has it: after its `recv` it returns to
     /// the caller's loop. On the project's VM the first `ret` after a
     /// syscall costs 0.6–1 µs (`uvfio_user::transport`, "Where the
-    /// per-message syscalls are issued"), so this is the floor a vfio-user
-    /// client and server can reach there.
+    /// per-message syscalls are issued"), which our client avoids by
+    /// refilling the return stack first; this ping-pong does not, and shows
+    /// what the return would cost.
     FdCapableCall,
     /// `send`/`recv` whose ends wait for data the way ours are set to
     /// ([`Wait::Spin`] or [`Wait::Yield`]): the like-for-like baseline of
