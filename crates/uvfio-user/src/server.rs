@@ -64,11 +64,11 @@
 //!   in [`crate::transport`]); the two changes took the one-CPU round trip
 //!   from 10.9–11.5 to 9.3–10.1 µs.
 //! - **Result.** A 4-byte REGION_READ round trip with client and server
-//!   on one CPU takes 1.04–1.11× a raw `send`/`recv` UNIX ping-pong of the
-//!   same sizes whose syscalls are all inline (goal 1.10×: met in 7 of 9
+//!   on one CPU takes 1.04–1.13× a raw `send`/`recv` UNIX ping-pong of the
+//!   same sizes whose syscalls are all inline (goal 1.10×: met in 8 of 13
 //!   runs; the ping-pong's own level moves 8.3–9.6 µs with the address
-//!   layout, and against its fastest level seen, 8.3 µs, ours is
-//!   1.11–1.15×), 1.07–1.08× a ping-pong whose echo end uses `recvmsg`
+//!   layout, and whenever it lands on its fastest, ours is 1.12–1.13×),
+//!   1.07–1.08× a ping-pong whose echo end uses `recvmsg`
 //!   with a control buffer as this server must, and 0.99–1.00× that
 //!   ping-pong with its client returning after each round trip.
 //!   On two CPUs the cross-CPU wake-ups of this VM (~35–50 µs a round
