@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use uvfio_core::*;
 
-use super::{median_ns, median_pair, Options, Row};
+use super::{median_ns, median_pair, Options, PageAligned, Row};
 
 const SIZES: [(usize, &str); 3] = [(4096, "4 KiB"), (65536, "64 KiB"), (1 << 20, "1 MiB")];
 
@@ -87,30 +87,6 @@ pub fn dma(opts: &Options) -> anyhow::Result<Vec<Row>> {
         }
     }
     Ok(rows)
-}
-
-/// A page-aligned buffer of `len` bytes (so that both sides of a DMA
-/// comparison copy to and from the same alignment).
-struct PageAligned {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl PageAligned {
-    fn new(len: usize) -> Self {
-        let storage = vec![0u8; len + 4096];
-        let start = storage.as_ptr().align_offset(4096);
-        PageAligned {
-            storage,
-            start,
-            len,
-        }
-    }
-
-    fn get(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
-    }
 }
 
 struct Nop;

@@ -7,7 +7,7 @@ use uvfio_core::MmapRegion;
 use uvfio_drivers::dma;
 
 use super::socket_paths::DmaServer;
-use super::{median_pair, Measurement, Options, Row};
+use super::{median_pair, Measurement, Options, PageAligned, Row};
 
 /// Bytes of the BAR the accesses walk (half the engine's default RAM BAR).
 const WINDOW: usize = 32 * 1024;
@@ -74,27 +74,26 @@ pub fn rows(opts: &Options) -> anyhow::Result<Vec<Row>> {
     const BULK: usize = 4096;
     let it = (iters / 20).max(100);
     let bulk_at = |i: u32| ((i as usize * 64) % (WINDOW - BULK)) as u64;
-    // Both sides copy into page-aligned buffers: a copy's speed depends on
-    // where its destination starts, and two heap buffers (aligned however
-    // the allocator placed them) swung this ratio 0.77–1.08 between builds.
-    let mut bufs = vec![0u8; 3 * BULK];
-    let skip = bufs.as_ptr().align_offset(BULK);
-    let (buf, buf2) = bufs[skip..skip + 2 * BULK].split_at_mut(BULK);
+    // Page-aligned on both sides: two heap buffers (aligned however the
+    // allocator placed them) swung this ratio 0.77–1.08 between builds.
+    let mut buf = PageAligned::new(BULK);
+    let mut buf2 = PageAligned::new(BULK);
     let (rd, base_rd) = median_pair(
         15,
         it,
         |n| {
             for i in 0..n {
-                view.read_at(black_box(bulk_at(i)), buf).expect("in bounds");
-                black_box(&mut *buf);
+                view.read_at(black_box(bulk_at(i)), buf.get())
+                    .expect("in bounds");
+                black_box(buf.get());
             }
         },
         |n| {
             for i in 0..n {
                 plain
-                    .read_at(black_box(bulk_at(i)), buf2)
+                    .read_at(black_box(bulk_at(i)), buf2.get())
                     .expect("in bounds");
-                black_box(&mut *buf2);
+                black_box(buf2.get());
             }
         },
     );

@@ -67,6 +67,31 @@ impl Row {
     }
 }
 
+/// A page-aligned buffer of `len` bytes, so that both sides of a
+/// comparison copy to and from the same alignment (a copy's speed depends
+/// on where its buffers start).
+struct PageAligned {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageAligned {
+    pub(super) fn new(len: usize) -> Self {
+        let storage = vec![0u8; len + 4096];
+        let start = storage.as_ptr().align_offset(4096);
+        PageAligned {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    pub(super) fn get(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
 /// Options for a run.
 #[derive(Debug, Clone)]
 pub struct Options {
