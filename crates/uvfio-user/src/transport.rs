@@ -387,10 +387,13 @@ fn recv_chunk(
             Ok(n) => return Ok(n),
             Err(Errno::AGAIN) if polling => {
                 polling = poll_again(wait, &mut poll_end);
-                // Yielded here, not in `poll_again`: a return right after
-                // the syscall would cost more than the yield (module docs).
-                if polling && matches!(wait, Wait::Yield(_)) {
-                    rustix::thread::sched_yield();
+                // Spun or yielded here, not in `poll_again`: a return right
+                // after `sched_yield` would cost more than the yield (module
+                // docs).
+                match wait {
+                    Wait::Yield(_) if polling => rustix::thread::sched_yield(),
+                    Wait::Spin(_) if polling => std::hint::spin_loop(),
+                    _ => {}
                 }
             }
             Err(e) => recv_failed(sock, e, mid)?,
@@ -424,23 +427,16 @@ fn nest(depth: u32) -> u32 {
     }
 }
 
-/// A polling wait found nothing: returns true to try again (after a spin
-/// hint; a yielding caller yields itself), or false once its budget
-/// (counted from the first empty try, so a read that finds data costs no
-/// clock read) is spent.
+/// A polling wait found nothing: whether its budget (counted from the
+/// first empty try, so a read that finds data costs no clock read) allows
+/// another try.
 #[inline(never)]
 fn poll_again(wait: Wait, end: &mut Option<Instant>) -> bool {
     let (Wait::Spin(budget) | Wait::Yield(budget)) = wait else {
         return false;
     };
     let now = Instant::now();
-    if now >= *end.get_or_insert(now + budget) {
-        return false;
-    }
-    if matches!(wait, Wait::Spin(_)) {
-        std::hint::spin_loop();
-    }
-    true
+    now < *end.get_or_insert(now + budget)
 }
 
 /// Moves the fds a `recvmsg` brought into the sink (closing them all if
